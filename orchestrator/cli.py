@@ -1,0 +1,157 @@
+"""The ``bluegreen`` command: parse, call the library, render. The one place errors become exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from . import secrets, ui
+from .errors import BluegreenError, PlanError, StepFailed, ValidationFailed
+from .plan import load_plan, plan_json_schema
+from .report import RunReport
+from .runner import Runner, RunOptions
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Zero-downtime blue-green migrations for PostgreSQL, driven by a YAML runbook.")
+
+PlanArg = Annotated[Path, typer.Argument(help="the plan file (YAML)", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")]
+ReportOpt = Annotated[Path | None, typer.Option("--report", help="also write the report as JSON to FILE")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log debug details")]
+
+T = TypeVar("T")
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, BluegreenError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return 1
+
+
+def _guard(as_json: bool, fn: Callable[[], T]) -> T:
+    """Run ``fn``; turn a library error into a message (or JSON) and its exit code."""
+    console = ui.make_console(stderr=True)
+    try:
+        return fn()
+    except (BluegreenError, KeyboardInterrupt) as exc:
+        message = "interrupted; run the same plan again to resume" if isinstance(exc, KeyboardInterrupt) \
+            else str(exc)
+        if as_json:
+            payload: dict[str, Any] = {"ok": False, "exit_code": _exit_code(exc), "error": message,
+                                       "error_type": type(exc).__name__}
+            if isinstance(exc, PlanError):
+                payload["problems"] = [asdict(p) for p in exc.problems]
+            ui.print_json(payload)
+        else:
+            ui.print_error(console, message)
+            if isinstance(exc, StepFailed | ValidationFailed):
+                console.print("the run was rolled back" if exc.rolled_back
+                              else "fix the cause and run the same plan again to resume from the failed step")
+        raise typer.Exit(_exit_code(exc)) from None
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _emit_report(report: RunReport, as_json: bool, report_file: Path | None) -> None:
+    data = secrets.redact_obj(report.to_dict())
+    if report_file is not None:
+        report_file.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    if as_json:
+        ui.print_json({"ok": report.status in ("done", "rendered", "rolled_back"), **data})
+    else:
+        console = ui.make_console()
+        if report.error and report.status == "done":
+            console.print(report.error)
+        ui.print_report(console, report)
+
+
+@app.command()
+def run(plan: PlanArg,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="render every action; write nothing")] = False,
+        offline: Annotated[bool, typer.Option("--offline", help="with --dry-run: connect to nothing")] = False,
+        restart: Annotated[bool, typer.Option("--restart", help="abandon the unfinished run and start over")] = False,
+        as_json: JsonOpt = False, report_file: ReportOpt = None, verbose: VerboseOpt = False) -> None:
+    """Run a plan; re-running an interrupted run of the same plan resumes it."""
+    _logging(verbose)
+
+    def go() -> RunReport:
+        loaded = load_plan(plan)
+        reporter = ui.RichReporter(ui.make_console(stderr=as_json))
+        return Runner(loaded, reporter).run(RunOptions(dry_run=dry_run, offline=offline, restart=restart))
+
+    report = _guard(as_json, go)
+    _emit_report(report, as_json, report_file)
+
+
+@app.command()
+def validate(plan: PlanArg, as_json: JsonOpt = False) -> None:
+    """Check a plan file only: syntax, keys, types, variables, referenced files and SQL."""
+    loaded = _guard(as_json, lambda: load_plan(plan))
+    if as_json:
+        ui.print_json({"ok": True, "plan": loaded.plan.name, "steps": len(loaded.plan.steps),
+                       "sha256": loaded.sha256})
+    else:
+        ui.make_console().print(f"{plan}: ok, plan {loaded.plan.name!r} with {len(loaded.plan.steps)} steps")
+
+
+@app.command()
+def status(plan: PlanArg, as_json: JsonOpt = False) -> None:
+    """Show the journal of the plan's latest run: steps, states, timings."""
+    result = _guard(as_json, lambda: Runner(load_plan(plan)).status())
+    if as_json:
+        ui.print_json(result)
+    else:
+        ui.print_status(ui.make_console(), result)
+
+
+@app.command()
+def rollback(plan: PlanArg, as_json: JsonOpt = False, report_file: ReportOpt = None,
+             verbose: VerboseOpt = False) -> None:
+    """Undo the latest run's completed steps, in reverse order."""
+    _logging(verbose)
+    report = _guard(as_json, lambda: Runner(load_plan(plan), ui.RichReporter(ui.make_console(stderr=as_json)))
+                    .rollback())
+    _emit_report(report, as_json, report_file)
+
+
+@app.command()
+def schema(out: Annotated[Path | None, typer.Option("--out", help="write to FILE instead of stdout")] = None
+           ) -> None:
+    """Write the plan file's JSON Schema (for editor completion and validation)."""
+    text = json.dumps(plan_json_schema(), indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+
+
+@app.command()
+def demo(keep: Annotated[bool, typer.Option("--keep", help="leave the servers and files for a look")] = False,
+         duration: Annotated[int, typer.Option(help="seconds of pgbench traffic at least")] = 10,
+         as_json: JsonOpt = False) -> None:
+    """Start local blue (PG 15), green (PG 18), PgBouncer and traffic; run plans/demo.yaml; print the report."""
+    from .demo import run_demo
+
+    console = ui.make_console(stderr=as_json)
+    result = _guard(as_json, lambda: run_demo(ui.RichReporter(console), console_note=console.print,
+                                              keep=keep, traffic_seconds=duration))
+    _emit_report(result.report, as_json, None)
+    if not as_json:
+        ui.make_console().print(result.summary)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
+def main() -> None:
+    app()

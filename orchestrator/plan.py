@@ -1,0 +1,373 @@
+"""The plan file: pydantic models (discriminated on ``kind``), loading, errors with lines, hashing.
+
+A plan is validated once, here, before anything connects anywhere: a bad plan touches nothing.
+Step kinds are added by later modules only through this file's ``StepSpec`` union, so the JSON
+Schema written by ``bluegreen schema`` always lists every kind.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from . import secrets
+from .errors import PlanError, PlanProblem
+from .sqlanalysis.parse import SqlSyntaxError, split_statements
+from .yamlsrc import Loc, Located, format_loc, load
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse ``2s``, ``500ms``, ``1h30m``, ``6h`` or a number of seconds into a positive timedelta."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool):
+        raise ValueError("expected a duration such as 2s, 500ms, 5m or 6h, got a boolean")
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if not text or _DURATION.sub("", text) != "":
+            raise ValueError(f"expected a duration such as 2s, 500ms, 5m, 1h30m or 6h, got {value!r}")
+        seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(text))
+    else:
+        raise ValueError(f"expected a duration such as 2s or 6h, got {type(value).__name__}")
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    """Render a timedelta the way plans write it (``1500ms``, ``2s``, ``6h``)."""
+    ms = round(value.total_seconds() * 1000)
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": ["string", "number"], "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$",
+                    "description": "a duration: 500ms, 2s, 5m, 1h30m, 6h, or seconds as a number"}),
+]
+Target = Literal["blue", "green"]
+OnFailure = Literal["rollback", "stop"]
+Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Cluster(_Model):
+    """A PostgreSQL cluster the plan acts on. The DSN's password is registered as a secret."""
+
+    dsn: str = Field(min_length=1, description="libpq connection string or URI; ${VAR} expands")
+
+    @field_validator("dsn")
+    @classmethod
+    def _check_dsn(cls, value: str) -> str:
+        from psycopg.conninfo import conninfo_to_dict
+
+        secrets.register_dsn(value)
+        try:
+            conninfo_to_dict(value)
+        except Exception as exc:
+            raise ValueError(f"not a valid connection string: {secrets.redact(str(exc))}") from None
+        return value
+
+
+class Clusters(_Model):
+    blue: Cluster
+    green: Cluster
+
+
+class Defaults(_Model):
+    """Values every step inherits unless it sets its own."""
+
+    lock_timeout: Duration = timedelta(seconds=2)
+    statement_timeout: Duration | None = None
+    lock_retries: int = Field(5, ge=0, le=100, description="retries of a statement that hit lock_timeout")
+    retry_backoff: Duration = Field(timedelta(milliseconds=200), description="first backoff; doubles, jittered")
+    batch_size: int = Field(5000, ge=1)
+    on_failure: OnFailure = "stop"
+
+
+class _StepBase(_Model):
+    id: Identifier = Field(description="unique in the plan; the journal and the report name steps by it")
+    description: str | None = None
+    on_failure: OnFailure | None = None
+    lock_timeout: Duration | None = None
+    statement_timeout: Duration | None = None
+
+
+class SqlSource(_Model):
+    """Statements given inline (``sql``) or as files (``file``), relative to the plan's folder."""
+
+    sql: str | list[str] | None = None
+    file: str | list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SqlSource:
+        if (self.sql is None) == (self.file is None):
+            raise ValueError("give exactly one of 'sql' (statements) or 'file' (paths)")
+        return self
+
+    @field_validator("sql")
+    @classmethod
+    def _parse_sql(cls, value: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
+        for text in [value] if isinstance(value, str) else value or []:
+            try:
+                if not split_statements(text, "inline SQL"):
+                    raise ValueError("no SQL statement")
+            except SqlSyntaxError as exc:
+                raise ValueError(f"SQL line {exc.line} column {exc.column}: {exc.message}") from None
+        return value
+
+    @field_validator("file")
+    @classmethod
+    def _check_files(cls, value: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
+        base = Path((info.context or {}).get("base_dir", "."))
+        for name in [value] if isinstance(value, str) else value or []:
+            path = base / name
+            if not path.is_file():
+                raise ValueError(f"no such file: {path}")
+            try:
+                split_statements(path.read_text(encoding="utf-8"), str(path))
+            except SqlSyntaxError as exc:
+                raise ValueError(str(exc)) from None
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        return value
+
+    def texts(self, base_dir: Path) -> list[tuple[str, str]]:
+        """Return ``(source name, SQL text)`` pairs in order."""
+        if self.file is not None:
+            names = [self.file] if isinstance(self.file, str) else self.file
+            return [(name, (base_dir / name).read_text(encoding="utf-8")) for name in names]
+        chunks = [self.sql] if isinstance(self.sql, str) else list(self.sql or [])
+        return [(f"sql[{i}]", text) for i, text in enumerate(chunks)]
+
+
+class SqlStepSpec(_StepBase, SqlSource):
+    """Run SQL on one cluster: in one transaction per file/chunk, or statement by statement."""
+
+    kind: Literal["sql"]
+    on: Target
+    transaction: bool = Field(True, description="false: each statement in autocommit (CONCURRENTLY, VACUUM)")
+    rollback: SqlSource | None = Field(None, description="SQL that undoes this step, run by rollback")
+
+
+class CommandStepSpec(_StepBase):
+    """Run a program (argv, no shell) with an environment and a timeout; output is captured."""
+
+    kind: Literal["command"]
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    timeout: Duration = timedelta(minutes=10)
+    ok_codes: list[int] = Field(default_factory=lambda: [0])
+    rollback: list[str] | None = Field(None, min_length=1, description="argv that undoes this step")
+
+
+StepSpec = Annotated[SqlStepSpec | CommandStepSpec, Field(discriminator="kind")]
+STEP_SPECS: dict[str, type[_StepBase]] = {"sql": SqlStepSpec, "command": CommandStepSpec}
+
+
+class Plan(_Model):
+    """A runbook: clusters, defaults and the ordered steps of one blue-green upgrade."""
+
+    version: Literal[1]
+    name: Identifier
+    description: str | None = None
+    clusters: Clusters
+    control: Target = Field("blue", description="the cluster that holds the journal (schema bluegreen)")
+    defaults: Defaults = Defaults()
+    steps: list[StepSpec] = Field(min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_ids(cls, steps: list[StepSpec]) -> list[StepSpec]:
+        seen: set[str] = set()
+        for step in steps:
+            if step.id in seen:
+                raise ValueError(f"duplicate step id {step.id!r}")
+            seen.add(step.id)
+        return steps
+
+    def step_setting(self, step: _StepBase, name: str) -> Any:
+        """The step's own value for ``name``, else the plan default."""
+        value = getattr(step, name, None)
+        return value if value is not None else getattr(self.defaults, name)
+
+
+@dataclass(frozen=True)
+class LoadedPlan:
+    """A validated plan with where it came from and the hash that guards resumption."""
+
+    plan: Plan
+    path: Path
+    sha256: str
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+def load_plan(path: str | Path, env: Mapping[str, str] | None = None) -> LoadedPlan:
+    """Read, expand and validate a plan file.
+
+    :param path: the YAML file.
+    :param env: where ``${VAR}`` values come from (default: the process environment).
+    :raises PlanError: naming the file, line and key path of every problem found.
+    """
+    path = Path(path)
+    name = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PlanError.single(name, None, "", f"cannot read the plan: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanError.single(name, None, "", f"not UTF-8 text ({exc.reason})") from None
+    located = load(text, name, os.environ if env is None else env)
+    if not isinstance(located.data, dict):
+        raise PlanError.single(name, located.line_of(()), "", "a plan is a YAML mapping (version, name, ...)")
+    try:
+        plan = Plan.model_validate(located.data, context={"base_dir": str(path.parent)})
+    except ValidationError as exc:
+        raise PlanError(_problems(exc, located, name)) from None
+    return LoadedPlan(plan, path.resolve(), hashlib.sha256(raw).hexdigest())
+
+
+def _problems(exc: ValidationError, located: Located, filename: str) -> list[PlanProblem]:
+    by_loc: dict[Loc, list[str]] = {}
+    for err in exc.errors(include_url=False):
+        loc = _data_loc(tuple(err["loc"]), located.data)
+        message = _message(err, loc, located.data)
+        if message not in by_loc.setdefault(loc, []):
+            by_loc[loc].append(message)
+    problems = [PlanProblem(filename, located.line_of(loc), format_loc(loc), " or ".join(messages))
+                for loc, messages in by_loc.items()]
+    problems.sort(key=lambda p: (p.line or 0, p.loc))
+    return problems
+
+
+def _data_loc(loc: tuple[Any, ...], data: Any) -> Loc:
+    """Map pydantic's error path onto the file's key path.
+
+    Pydantic inserts the discriminator (``steps, 3, 'sql', ...``) and union branch labels
+    (``..., 'sql', 'list[str]'``); neither is a key in the file.
+    """
+    out: list[str | int] = []
+    node = data
+    skip_tag = False
+    for part in loc:
+        if skip_tag:
+            skip_tag = False
+            if isinstance(node, dict) and part == node.get("kind"):
+                continue
+        if isinstance(part, str) and not isinstance(node, dict):
+            continue  # a union branch label below a scalar or list
+        if isinstance(node, dict) and isinstance(part, str) and part not in node and ("[" in part or "(" in part):
+            continue
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+            skip_tag = len(out) == 2 and out[0] == "steps"
+        else:
+            node = None
+    return tuple(out)
+
+
+def _model_at(loc: Loc, data: Any) -> type[BaseModel] | None:
+    """The model whose fields apply at ``loc`` (to suggest keys), following ``kind`` for steps."""
+    model: type[BaseModel] | None = Plan
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("kind"), str):
+                model = STEP_SPECS.get(node["kind"])
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        node = node.get(part) if isinstance(node, dict) else None
+        if field is None:
+            return None
+        models = _field_models(field.annotation)
+        model = models[0] if models else None
+    return model
+
+
+def _field_models(annotation: Any) -> list[type[BaseModel]]:
+    args = getattr(annotation, "__args__", None) or [annotation]
+    return [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+
+
+def _message(err: Any, loc: Loc, data: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1], data)
+        key = str(loc[-1]) if loc else ""
+        if model is not None:
+            known = sorted(model.model_fields)
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(known)})"
+            return f"unknown key {key!r}{hint}"
+        return f"unknown key {key!r}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        got = err.get("ctx", {}).get("tag")
+        return f"unknown step kind {got!r}; known kinds: {', '.join(sorted(STEP_SPECS))}"
+    if kind == "union_tag_not_found":
+        return f"a step needs 'kind' (one of: {', '.join(sorted(STEP_SPECS))})"
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"must be {expected}, got {secrets.redact(repr(err.get('input')))}"
+    if kind == "string_pattern_mismatch" and loc and loc[-1] in ("id", "name"):
+        return (f"{secrets.redact(repr(err.get('input')))} is not a valid name: use lowercase letters, digits, "
+                "'_', '-' and '.', starting with a letter or digit (63 at most)")
+    message = str(err["msg"])
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    if kind in {"string_type", "int_type", "int_parsing", "bool_type", "bool_parsing", "list_type", "dict_type",
+                "model_type", "too_short", "greater_than_equal", "less_than_equal", "float_type", "model_attributes_type"}:
+        message += f", got {secrets.redact(repr(err.get('input')))}"
+    return secrets.redact(message)
+
+
+def plan_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a plan file, for editors (``bluegreen schema``)."""
+    schema = Plan.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "bluegreen plan"
+    return schema

@@ -1,0 +1,400 @@
+"""Run a plan: plan -> apply -> verify each step, journal every transition, resume, roll back.
+
+Crash safety: every action is journaled ``started`` before it runs and ``done`` after. A resumed
+run skips ``done`` actions; an action ``started`` but not ``done`` is checked against its marker on
+the target (transactional actions commit the marker with their work, so they are never applied
+twice); other actions run again and are idempotent by contract.
+
+``BLUEGREEN_FAULT=before:<action-id>`` or ``after:<action-id>`` makes the process SIGKILL itself at
+that point (after the action's commit, before its journal write, for ``after``): the fault-injection
+hook of the crash tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import secrets
+from .actions import Action, ActionResult, SqlAction
+from .db import Executor, LiveExecutor, SqlEmitter, connect, readonly
+from .errors import (
+    ActionFailed,
+    BluegreenError,
+    NothingToRollBack,
+    RollbackFailed,
+    StepFailed,
+    UsageError,
+    ValidationFailed,
+)
+from .journal import Journal
+from .plan import LoadedPlan
+from .report import RunReport, StatsReader, StepReport, delta
+from .reporter import Reporter
+from .steps import Step, StepContext, build_step
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    dry_run: bool = False
+    offline: bool = False
+    restart: bool = False
+
+
+def _fault(point: str, action_id: str) -> None:
+    if os.environ.get("BLUEGREEN_FAULT") == f"{point}:{action_id}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Runner:
+    """Drive one plan; the CLI's ``run``, ``rollback`` and ``status`` call into it."""
+
+    def __init__(self, loaded: LoadedPlan, reporter: Reporter | None = None) -> None:
+        self.loaded = loaded
+        self.plan = loaded.plan
+        self.reporter = reporter or Reporter()
+        self.steps: list[Step[Any]] = [build_step(spec, loaded) for spec in self.plan.steps]
+        self.dsns = {"blue": self.plan.clusters.blue.dsn, "green": self.plan.clusters.green.dsn}
+
+    # -- entry points ------------------------------------------------------------------------------
+
+    def run(self, options: RunOptions = RunOptions()) -> RunReport:
+        """Execute (or render, with ``dry_run``) the plan, resuming its unfinished run if any.
+
+        :raises StepFailed: a step failed (``rolled_back`` tells whether the run was undone).
+        :raises RunInProgress: another process holds this plan's lock.
+        :raises PlanChanged: the file changed under an unfinished run (use ``restart``).
+        """
+        if options.dry_run:
+            return self._dry_run(options.offline)
+        if options.offline:
+            raise UsageError("--offline renders only: use it with --dry-run")
+        self._preflight()
+        journal = Journal.open(self.dsns[self.plan.control], self.plan.control, self.plan.name)
+        try:
+            journal.ensure_schema()
+            journal.lock(self.plan.name)
+            if not options.restart:
+                latest = journal.latest(self.plan.name)
+                if latest and latest.finished_at and latest.status == "done" \
+                        and latest.plan_sha256 == self.loaded.sha256:
+                    report = RunReport(self.plan.name, "run", latest.run_id, "done")
+                    report.error = (f"plan already completed by run {latest.run_id} at "
+                                    f"{latest.finished_at:%Y-%m-%d %H:%M:%S %Z}; --restart runs it again")
+                    return report
+            record, resumed = journal.begin(self.plan.name, self.loaded.sha256, options.restart)
+            return _Execution(self, journal, record.run_id, resumed).run()
+        finally:
+            journal.close()
+
+    def rollback(self) -> RunReport:
+        """Undo the latest run's completed steps in reverse order (``bluegreen rollback``)."""
+        self._preflight()
+        journal = Journal.open(self.dsns[self.plan.control], self.plan.control, self.plan.name)
+        try:
+            if not journal.exists():
+                raise NothingToRollBack(f"no journal on {self.plan.control}: plan {self.plan.name!r} never ran")
+            journal.lock(self.plan.name)
+            latest = journal.latest(self.plan.name)
+            if latest is None or latest.status in ("rolled_back", "abandoned"):
+                raise NothingToRollBack(f"plan {self.plan.name!r} has no run to roll back"
+                                        + (f" (run {latest.run_id} is {latest.status})" if latest else ""))
+            execution = _Execution(self, journal, latest.run_id, True, mode="rollback")
+            return execution.rollback_only()
+        finally:
+            journal.close()
+
+    def status(self) -> dict[str, Any]:
+        """The latest run of this plan from the journal, read-only."""
+        with readonly(self.dsns[self.plan.control], self.plan.control) as conn:
+            journal = Journal(conn)
+            if not journal.exists():
+                return {"plan": self.plan.name, "run": None, "steps": []}
+            run = journal.latest(self.plan.name)
+            if run is None:
+                return {"plan": self.plan.name, "run": None, "steps": []}
+            states = journal.step_states(run.run_id)
+            counts = journal.action_counts(run.run_id)
+            steps = []
+            for step in self.steps:
+                phases = {phase: state for (sid, phase), (state, _) in states.items() if sid == step.id}
+                detail = states.get((step.id, "verify"), ("", None))[1] or {}
+                steps.append({"id": step.id, "kind": step.kind, "apply": phases.get("apply", "pending"),
+                              "verify": phases.get("verify", "pending"), "rollback": phases.get("rollback", ""),
+                              "seconds": detail.get("seconds"),
+                              "actions_done": counts.get(step.id, 0)})
+            return {"plan": self.plan.name,
+                    "run": {"run_id": run.run_id, "status": run.status, "attempt": run.attempt,
+                            "started_at": run.started_at.isoformat(),
+                            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+                            "error": run.error},
+                    "steps": steps}
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _preflight(self) -> None:
+        """Connect to every cluster before touching any: an unreachable DSN changes nothing."""
+        for name, dsn in self.dsns.items():
+            connect(dsn, name).close()
+
+    def _dry_run(self, offline: bool) -> RunReport:
+        report = RunReport(self.plan.name, "dry-run", status="rendered")
+        done: set[str] = set()
+        if not offline:
+            self._preflight()
+            with readonly(self.dsns[self.plan.control], self.plan.control) as conn:
+                journal = Journal(conn)
+                run = journal.unfinished(self.plan.name) if journal.exists() else None
+                if run is not None and run.plan_sha256 == self.loaded.sha256:
+                    done = journal.actions(run.run_id, "apply", "done")
+                    report.run_id = run.run_id
+                    report.resumed = True
+        emitter = SqlEmitter()
+        self.reporter.run_started(self.plan.name, report.run_id, "dry-run", report.resumed)
+        for step in self.steps:
+            step_report = StepReport(step.id, step.kind, "rendered")
+            report.steps.append(step_report)
+            self.reporter.step_started(step.id, step.kind, "apply")
+
+            def render(actions: Sequence[Action], step_id: str = step.id, sr: StepReport = step_report) -> None:
+                for action in actions:
+                    if action.id in done:
+                        sr.actions_skipped += 1
+                        self.reporter.action_finished(step_id, action, None, "done in an earlier attempt")
+                        continue
+                    result = emitter.execute(action, None)
+                    sr.actions_run += 1
+                    report.rendered.append({"step": step_id, "action": action.id, "sql": result.rendered})
+                    self.reporter.action_finished(step_id, action, result)
+
+            ctx = StepContext(self.loaded, report.run_id, False, render, self._no_connect if offline
+                              else self._readonly_connect)
+            step.apply(ctx)
+            self.reporter.step_finished(step.id, "apply", True)
+        return report
+
+    @staticmethod
+    def _no_connect(target: str) -> Any:
+        raise UsageError(f"this step needs to read {target} to plan; run --dry-run without --offline")
+
+    def _readonly_connect(self, target: str) -> Any:
+        return readonly(self.dsns[target], target)
+
+
+class _Execution:
+    """One live attempt at a run: owns the executor, the stats reader and the report."""
+
+    def __init__(self, runner: Runner, journal: Journal, run_id: int, resumed: bool, mode: str = "run") -> None:
+        self.runner = runner
+        self.journal = journal
+        self.run_id = run_id
+        self.reporter = runner.reporter
+        env = {"BLUEGREEN_BLUE_DSN": runner.dsns["blue"], "BLUEGREEN_GREEN_DSN": runner.dsns["green"],
+               "BLUEGREEN_RUN_ID": str(run_id), "BLUEGREEN_PLAN": runner.plan.name}
+        self.executor: Executor = LiveExecutor(runner.dsns, env)
+        self.report = RunReport(runner.plan.name, mode, run_id, "running", resumed)
+        self.report.steps = [StepReport(s.id, s.kind) for s in runner.steps]
+        self.started = time.monotonic()
+
+    def _ctx(self, step: Step[Any], phase: str) -> StepContext:
+        def run_actions(actions: Sequence[Action]) -> None:
+            self._run_actions(step, actions, phase)
+
+        return StepContext(self.runner.loaded, self.run_id, True, run_actions,
+                           lambda target: readonly(self.runner.dsns[target], target))
+
+    def run(self) -> RunReport:
+        self.reporter.run_started(self.runner.plan.name, self.run_id, "run", self.report.resumed)
+        states = self.journal.step_states(self.run_id)
+        stats = StatsReader(self.runner.dsns)
+        try:
+            for step in self.runner.steps:
+                state = states.get((step.id, "verify"))
+                if state is not None and state[0] == "done":
+                    self._restore_step_report(step, state[1])
+                    self.reporter.step_skipped(step.id, "completed in an earlier attempt")
+                    continue
+                self._run_step(step, stats)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        finally:
+            stats.close()
+            self.executor.close()
+        self.report.status = "done"
+        self.report.seconds = time.monotonic() - self.started
+        self.journal.set_status(self.run_id, "done", report=self.report.to_dict())
+        return self.report
+
+    def _restore_step_report(self, step: Step[Any], detail: dict[str, Any] | None) -> None:
+        sr = self.report.step(step.id)
+        sr.status = "done"
+        detail = detail or {}
+        sr.seconds = float(detail.get("seconds", 0.0))
+        sr.actions_run = int(detail.get("actions_run", 0))
+        sr.stats = detail.get("stats", {})
+
+    def _run_step(self, step: Step[Any], stats: StatsReader) -> None:
+        sr = self.report.step(step.id)
+        before = stats.read()
+        started = time.monotonic()
+        self.reporter.step_started(step.id, step.kind, "apply")
+        self.journal.record(self.run_id, step.id, "apply", "started")
+        try:
+            step.apply(self._ctx(step, "apply"))
+        except BaseException as exc:
+            self.journal.record(self.run_id, step.id, "apply", "failed", detail={"error": str(exc)})
+            self.reporter.step_finished(step.id, "apply", False, secrets.redact(str(exc)))
+            raise self._step_error(step, "apply", exc) from exc
+        self.journal.record(self.run_id, step.id, "apply", "done")
+        self.reporter.step_finished(step.id, "apply", True)
+
+        self.reporter.step_started(step.id, step.kind, "verify")
+        try:
+            checks = list(step.verify(self._ctx(step, "verify")))
+        except BaseException as exc:
+            self.journal.record(self.run_id, step.id, "verify", "failed", detail={"error": str(exc)})
+            raise self._step_error(step, "verify", exc) from exc
+        sr.checks = [{"name": c.name, "ok": c.ok, "detail": secrets.redact(c.detail)} for c in checks]
+        failed = [c for c in checks if not c.ok]
+        self.reporter.step_finished(step.id, "verify", not failed,
+                                    "; ".join(f"{c.name}: {c.detail}" for c in failed))
+        if failed:
+            self.journal.record(self.run_id, step.id, "verify", "failed", detail={"checks": sr.checks})
+            raise StepFailed(step.id, "verify", "; ".join(f"{c.name}: {c.detail}" for c in failed))
+        self.runner_backends_flush(stats)
+        sr.stats = delta(before, stats.read())
+        sr.seconds = time.monotonic() - started
+        sr.status = "done"
+        self.journal.record(self.run_id, step.id, "verify", "done",
+                            detail={"seconds": sr.seconds, "actions_run": sr.actions_run, "stats": sr.stats,
+                                    "checks": sr.checks})
+
+    def runner_backends_flush(self, stats: StatsReader) -> None:
+        """Close the executor's connections and wait for their backends to flush their stats."""
+        stats.wait_gone(self.executor.close())
+
+    def _step_error(self, step: Step[Any], phase: str, exc: BaseException) -> BaseException:
+        sr = self.report.step(step.id)
+        sr.status = "failed"
+        sr.error = secrets.redact(str(exc))
+        if isinstance(exc, StepFailed | ValidationFailed | KeyboardInterrupt):
+            return exc
+        if isinstance(exc, ActionFailed):
+            return StepFailed(step.id, phase, str(exc), exc.action_id)
+        if isinstance(exc, BluegreenError):
+            return StepFailed(step.id, phase, str(exc))
+        log.debug("unexpected error in step %s", step.id, exc_info=exc)
+        return StepFailed(step.id, phase, f"{type(exc).__name__}: {exc}")
+
+    def _run_actions(self, step: Step[Any], actions: Sequence[Action], phase: str) -> None:
+        done = self.journal.actions(self.run_id, phase, "done")
+        started = self.journal.actions(self.run_id, phase, "started")
+        sr = self.report.step(step.id)
+        for action in actions:
+            if action.id in done:
+                sr.actions_skipped += 1
+                self.reporter.action_finished(step.id, action, None, "done in an earlier attempt")
+                continue
+            if action.id in started and isinstance(action, SqlAction) and action.transactional \
+                    and self.executor.applied(action, self.run_id):
+                self.journal.record(self.run_id, step.id, phase, "done", action_id=action.id,
+                                    detail={"recovered": "committed before the crash; not run again"})
+                sr.actions_skipped += 1
+                self.reporter.action_finished(step.id, action, None, "committed before the interruption")
+                continue
+            self.journal.record(self.run_id, step.id, phase, "started", action_id=action.id)
+            self.reporter.action_started(step.id, action)
+            _fault("before", action.id)
+            try:
+                result = self.executor.execute(action, self.run_id)
+            except ActionFailed as exc:
+                self.journal.record(self.run_id, step.id, phase, "failed", action_id=action.id,
+                                    detail={"error": str(exc)})
+                raise
+            _fault("after", action.id)
+            self.journal.record(self.run_id, step.id, phase, "done", action_id=action.id,
+                                detail=_result_detail(result))
+            sr.actions_run += 1
+            self.reporter.action_finished(step.id, action, result)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.report.seconds = time.monotonic() - self.started
+        self.report.status = "failed"
+        self.report.error = secrets.redact(str(exc) or type(exc).__name__)
+        if isinstance(exc, KeyboardInterrupt):
+            self.report.error = "interrupted; run the same plan again to resume"
+        failed_step = next((s for s in self.report.steps if s.status == "failed"), None)
+        policy = self.runner.plan.defaults.on_failure
+        if failed_step is not None:
+            spec = next(s for s in self.runner.plan.steps if s.id == failed_step.id)
+            policy = spec.on_failure or policy
+        self.journal.set_status(self.run_id, "failed", error=self.report.error, report=self.report.to_dict())
+        if policy != "rollback" or isinstance(exc, KeyboardInterrupt):
+            return
+        self.executor.close()
+        try:
+            self._rollback_steps()
+        except RollbackFailed as rb:
+            self.report.status = "rollback_failed"
+            self.journal.set_status(self.run_id, "rollback_failed", error=str(rb), report=self.report.to_dict())
+            raise
+        self.report.status = "rolled_back"
+        self.journal.set_status(self.run_id, "rolled_back", error=self.report.error, report=self.report.to_dict())
+        if isinstance(exc, StepFailed | ValidationFailed):
+            exc.rolled_back = True
+
+    def rollback_only(self) -> RunReport:
+        self.reporter.run_started(self.runner.plan.name, self.run_id, "rollback", True)
+        try:
+            self._rollback_steps()
+        except RollbackFailed as exc:
+            self.report.status = "rollback_failed"
+            self.journal.set_status(self.run_id, "rollback_failed", error=str(exc), report=self.report.to_dict())
+            raise
+        finally:
+            self.executor.close()
+        self.report.status = "rolled_back"
+        self.report.seconds = time.monotonic() - self.started
+        self.journal.set_status(self.run_id, "rolled_back", report=self.report.to_dict())
+        return self.report
+
+    def _rollback_steps(self) -> None:
+        """Undo every step that did something, last first; each undo is journaled and resumable."""
+        touched = self.journal.steps_touched(self.run_id)
+        states = self.journal.step_states(self.run_id)
+        for step in reversed(self.runner.steps):
+            if step.id not in touched:
+                continue
+            if states.get((step.id, "rollback"), ("",))[0] == "done":
+                continue
+            self.reporter.step_started(step.id, step.kind, "rollback")
+            self.journal.record(self.run_id, step.id, "rollback", "started")
+            try:
+                self._run_actions(step, step.rollback(self._ctx(step, "rollback")), "rollback")
+            except BaseException as exc:
+                self.journal.record(self.run_id, step.id, "rollback", "failed", detail={"error": str(exc)})
+                self.reporter.step_finished(step.id, "rollback", False, secrets.redact(str(exc)))
+                raise RollbackFailed(f"rolling back step {step.id!r} failed: {secrets.redact(str(exc))};"
+                                     " fix the cause and run 'bluegreen rollback' again") from exc
+            self.journal.record(self.run_id, step.id, "rollback", "done")
+            self.report.step(step.id).status = "rolled_back"
+            self.report.rollback.append(step.id)
+            self.reporter.step_finished(step.id, "rollback", True)
+
+
+def _result_detail(result: ActionResult) -> dict[str, Any]:
+    detail: dict[str, Any] = {"seconds": round(result.seconds, 4), "attempts": result.attempts}
+    if result.rowcount is not None:
+        detail["rows"] = result.rowcount
+    if result.output:
+        detail["output"] = result.output[-4000:]
+    return detail
+

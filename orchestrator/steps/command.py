@@ -1,0 +1,35 @@
+"""``kind: command``: run a program (argv, no shell) with an environment and a timeout.
+
+Locks nothing itself. Output is captured and redacted; a non-zero exit (outside ``ok_codes``) or
+the timeout fails the step, and the process group is killed on timeout. The command may run again
+after a crash between its exit and the journal write: make it idempotent. Undo: the ``rollback``
+argv, if the plan gives one. Commands see ``BLUEGREEN_BLUE_DSN``, ``BLUEGREEN_GREEN_DSN``,
+``BLUEGREEN_RUN_ID`` and ``BLUEGREEN_STEP_ID`` in their environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..actions import Action, CommandAction
+from ..plan import CommandStepSpec
+from . import register
+from .base import Step, StepContext
+
+
+@register("command")
+class CommandStep(Step[CommandStepSpec]):
+    """One program run; its argv is the action."""
+
+    def _action(self, action_id: str, argv: Sequence[str]) -> CommandAction:
+        cwd = self.loaded.base_dir / self.spec.cwd if self.spec.cwd else self.loaded.base_dir
+        return CommandAction(id=action_id, argv=tuple(argv), env={**self.spec.env, "BLUEGREEN_STEP_ID": self.id},
+                             cwd=Path(cwd), timeout=self.spec.timeout, ok_codes=tuple(self.spec.ok_codes),
+                             description=" ".join(argv))
+
+    def plan(self, ctx: StepContext) -> Sequence[Action]:
+        return [self._action(f"command:{self.id}", self.spec.argv)]
+
+    def rollback(self, ctx: StepContext) -> Sequence[Action]:
+        return [self._action(f"undo_command:{self.id}", self.spec.rollback)] if self.spec.rollback else []

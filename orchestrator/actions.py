@@ -19,6 +19,7 @@ from psycopg import sql
 from .secrets import redact
 
 Target = Literal["blue", "green"]
+Query = sql.SQL | sql.Composed
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +34,7 @@ class SqlAction:
 
     id: str
     target: Target
-    statements: tuple[sql.Composable, ...]
+    statements: tuple[Query, ...]
     transactional: bool = True
     lock_timeout: timedelta | None = None
     statement_timeout: timedelta | None = None
@@ -84,10 +85,10 @@ def ms(value: timedelta) -> str:
     return f"{round(value.total_seconds() * 1000)}ms"
 
 
-def session_settings(action: SqlAction, local: bool) -> list[sql.Composable]:
+def session_settings(action: SqlAction, local: bool) -> list[Query]:
     """The ``SET [LOCAL]`` statements that bound an action's lock wait and run time."""
     verb = sql.SQL("SET LOCAL" if local else "SET")
-    out: list[sql.Composable] = []
+    out: list[Query] = []
     if action.lock_timeout is not None:
         out.append(sql.SQL("{} lock_timeout = {}").format(verb, sql.Literal(ms(action.lock_timeout))))
     if action.statement_timeout is not None:
@@ -95,9 +96,9 @@ def session_settings(action: SqlAction, local: bool) -> list[sql.Composable]:
     return out
 
 
-def session_resets(action: SqlAction) -> list[sql.Composable]:
+def session_resets(action: SqlAction) -> list[Query]:
     """Undo :func:`session_settings` (non-transactional actions set them for the session)."""
-    out: list[sql.Composable] = []
+    out: list[Query] = []
     if action.lock_timeout is not None:
         out.append(sql.SQL("RESET lock_timeout"))
     if action.statement_timeout is not None:

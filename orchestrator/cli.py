@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -36,12 +36,20 @@ def _exit_code(exc: BaseException) -> int:
     return 1
 
 
-def _guard(as_json: bool, fn: Callable[[], T]) -> T:
-    """Run ``fn``; turn a library error into a message (or JSON) and its exit code."""
+def _guard(as_json: bool, fn: Callable[[], T], runner: Runner | None = None,
+           report_file: Path | None = None) -> T:
+    """Run ``fn``; turn a library error into a message (or JSON) and its exit code.
+
+    When ``runner`` got as far as a report, the failed run's report is still written to ``report_file``
+    and included in the JSON: a failed run is when an operator needs it most.
+    """
     console = ui.make_console(stderr=True)
     try:
         return fn()
     except (BluegreenError, KeyboardInterrupt) as exc:
+        report = runner.last_report if runner is not None else None
+        if report is not None and report_file is not None:
+            _write_report(report, report_file)
         message = "interrupted; run the same plan again to resume" if isinstance(exc, KeyboardInterrupt) \
             else str(exc)
         if as_json:
@@ -49,6 +57,8 @@ def _guard(as_json: bool, fn: Callable[[], T]) -> T:
                                        "error_type": type(exc).__name__}
             if isinstance(exc, PlanError):
                 payload["problems"] = [asdict(p) for p in exc.problems]
+            if report is not None:
+                payload["report"] = secrets.redact_obj(report.to_dict())
             ui.print_json(payload)
         else:
             ui.print_error(console, message)
@@ -63,10 +73,11 @@ def _logging(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
 
 
-def _emit_report(report: RunReport, as_json: bool, report_file: Path | None) -> None:
-    data = secrets.redact_obj(report.to_dict())
+def _emit_report(report: RunReport, as_json: bool, report_file: Path | None,
+                 extra: dict[str, Any] | None = None) -> None:
+    data = secrets.redact_obj({**report.to_dict(), **(extra or {})})
     if report_file is not None:
-        report_file.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        _write_report(report, report_file)
     if as_json:
         ui.print_json({"ok": report.status in ("done", "rendered", "rolled_back"), **data})
     else:
@@ -74,6 +85,11 @@ def _emit_report(report: RunReport, as_json: bool, report_file: Path | None) -> 
         if report.error and report.status == "done":
             console.print(report.error)
         ui.print_report(console, report)
+
+
+def _write_report(report: RunReport, path: Path) -> None:
+    data = secrets.redact_obj(report.to_dict())
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 @app.command()
@@ -85,12 +101,9 @@ def run(plan: PlanArg,
     """Run a plan; re-running an interrupted run of the same plan resumes it."""
     _logging(verbose)
 
-    def go() -> RunReport:
-        loaded = load_plan(plan)
-        reporter = ui.RichReporter(ui.make_console(stderr=as_json))
-        return Runner(loaded, reporter).run(RunOptions(dry_run=dry_run, offline=offline, restart=restart))
-
-    report = _guard(as_json, go)
+    runner = _guard(as_json, lambda: Runner(load_plan(plan), ui.RichReporter(ui.make_console(stderr=True))))
+    options = RunOptions(dry_run=dry_run, offline=offline, restart=restart)
+    report = _guard(as_json, lambda: runner.run(options), runner, report_file)
     _emit_report(report, as_json, report_file)
 
 
@@ -120,8 +133,8 @@ def rollback(plan: PlanArg, as_json: JsonOpt = False, report_file: ReportOpt = N
              verbose: VerboseOpt = False) -> None:
     """Undo the latest run's completed steps, in reverse order."""
     _logging(verbose)
-    report = _guard(as_json, lambda: Runner(load_plan(plan), ui.RichReporter(ui.make_console(stderr=as_json)))
-                    .rollback())
+    runner = _guard(as_json, lambda: Runner(load_plan(plan), ui.RichReporter(ui.make_console(stderr=True))))
+    report = _guard(as_json, runner.rollback, runner, report_file)
     _emit_report(report, as_json, report_file)
 
 
@@ -143,10 +156,14 @@ def demo(keep: Annotated[bool, typer.Option("--keep", help="leave the servers an
     """Start local blue (PG 15), green (PG 18), PgBouncer and traffic; run plans/demo.yaml; print the report."""
     from .demo import run_demo
 
-    console = ui.make_console(stderr=as_json)
+    console = ui.make_console(stderr=True)
     result = _guard(as_json, lambda: run_demo(ui.RichReporter(console), console_note=console.print,
                                               keep=keep, traffic_seconds=duration))
-    _emit_report(result.report, as_json, None)
+    traffic = asdict(result.traffic) if result.traffic is not None else None
+    if traffic is not None:
+        traffic.pop("stdout", None)
+        traffic.pop("stderr", None)
+    _emit_report(result.report, as_json, None, {"traffic": traffic})
     if not as_json:
         ui.make_console().print(result.summary)
     if result.exit_code:

@@ -10,6 +10,7 @@ jittered exponential backoff, ``lock_retries`` times, then the action fails clea
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -218,10 +219,8 @@ class LiveExecutor:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _tail(out: bytes | None, lines: int = 10) -> str:

@@ -415,36 +415,41 @@ def _run(
     return proc
 
 
-def _pid_alive(pidfile: Path) -> int | None:
-    """Return the pid recorded on the first line of ``pidfile`` if that process is alive."""
-    try:
-        first = pidfile.read_text(encoding="ascii", errors="replace").split("\n", 1)[0].strip()
-        pid = int(first)
-    except (OSError, ValueError):
-        return None
-    if pid <= 0:
-        return None
+def _alive(pid: int) -> bool:
+    """Return whether process ``pid`` exists and is not a zombie.
+
+    A daemonized server's parent is init, which may reap it late: its zombie must not count.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return None
+        return False
     except PermissionError:
-        return pid  # alive, owned by someone else
-    return pid
+        pass  # alive, owned by someone else
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return True  # no procfs: trust kill()
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _pid_alive(pidfile: Path) -> int | None:
+    """Return the pid recorded on the first line of ``pidfile`` if that process is alive."""
+    try:
+        pid = int(pidfile.read_text(encoding="ascii", errors="replace").split("\n", 1)[0].strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 and _alive(pid) else None
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for process ``pid`` to exit; return whether it did."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            pass
-        time.sleep(0.02)
-    return False
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _url(host: str, port: int, dbname: str, password: str | None) -> str:
@@ -875,6 +880,7 @@ class LocalPgBouncer:
         deadline = started + timeout
         last = "it never answered"
         while time.monotonic() < deadline:
+            time.sleep(0.05)
             problem = _PGBOUNCER_FAILURE.search(_tail(self.logfile, lines=200, start=log_from))
             if problem is not None:
                 return problem.group(0).strip()
@@ -886,7 +892,6 @@ class LocalPgBouncer:
                 last = f"admin console: {str(exc).strip()}"
             if not self.is_running() and time.monotonic() > started + 1.0:
                 return f"the process exited ({last})"
-            time.sleep(0.05)
         return f"not ready after {timeout:g} s ({last})"
 
     def stop(self, timeout: float = 10.0) -> None:

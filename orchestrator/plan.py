@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ from .errors import PlanError, PlanProblem
 from .sqlanalysis.parse import SqlSyntaxError, split_statements
 from .yamlsrc import Loc, Located, format_loc, load
 
+_MAX_SECONDS = 365 * 86400.0
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
@@ -54,8 +56,12 @@ def parse_duration(value: Any) -> timedelta:
         seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(text))
     else:
         raise ValueError(f"expected a duration such as 2s or 6h, got {type(value).__name__}")
+    if not math.isfinite(seconds) or seconds > _MAX_SECONDS:
+        raise ValueError(f"a duration must be at most 365d, got {value!r}")
     if seconds <= 0:
         raise ValueError(f"a duration must be positive, got {value!r}")
+    if seconds < 0.001:
+        raise ValueError(f"a duration must be at least 1ms (Postgres timeouts count milliseconds), got {value!r}")
     return timedelta(seconds=seconds)
 
 
@@ -98,7 +104,8 @@ class Cluster(_Model):
         try:
             conninfo_to_dict(value)
         except Exception as exc:
-            raise ValueError(f"not a valid connection string: {secrets.redact(str(exc))}") from None
+            reason = " ".join(str(exc).split())
+            raise ValueError(f"not a valid connection string: {secrets.redact(reason)}") from None
         return value
 
 
@@ -193,6 +200,13 @@ class CommandStepSpec(_StepBase):
     timeout: Duration = timedelta(minutes=10)
     ok_codes: list[int] = Field(default_factory=lambda: [0])
     rollback: list[str] | None = Field(None, min_length=1, description="argv that undoes this step")
+
+    @field_validator("env")
+    @classmethod
+    def _register_secrets(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            secrets.register_env(name, value)
+        return env
 
 
 StepSpec = Annotated[SqlStepSpec | CommandStepSpec, Field(discriminator="kind")]
@@ -332,6 +346,11 @@ def _field_models(annotation: Any) -> list[type[BaseModel]]:
     return [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
 
 
+_SHOW_INPUT = {"string_type", "int_type", "int_parsing", "bool_type", "bool_parsing", "list_type", "dict_type",
+               "model_type", "too_short", "greater_than_equal", "less_than_equal", "float_type",
+               "model_attributes_type"}
+
+
 def _message(err: Any, loc: Loc, data: Any) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -359,15 +378,30 @@ def _message(err: Any, loc: Loc, data: Any) -> str:
     message = str(err["msg"])
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]
-    if kind in {"string_type", "int_type", "int_parsing", "bool_type", "bool_parsing", "list_type", "dict_type",
-                "model_type", "too_short", "greater_than_equal", "less_than_equal", "float_type", "model_attributes_type"}:
+    if kind in _SHOW_INPUT:
         message += f", got {secrets.redact(repr(err.get('input')))}"
     return secrets.redact(message)
+
+
+def _plan_style_defaults(node: Any) -> None:
+    """Pydantic writes timedelta defaults as ISO 8601 (``PT2S``); plans write ``2s``."""
+    if isinstance(node, dict):
+        default = node.get("default")
+        if isinstance(default, str) and default.startswith("P"):
+            from pydantic import TypeAdapter
+
+            node["default"] = format_duration(TypeAdapter(timedelta).validate_python(default))
+        for value in node.values():
+            _plan_style_defaults(value)
+    elif isinstance(node, list):
+        for value in node:
+            _plan_style_defaults(value)
 
 
 def plan_json_schema() -> dict[str, Any]:
     """The JSON Schema of a plan file, for editors (``bluegreen schema``)."""
     schema = Plan.model_json_schema(mode="validation")
+    _plan_style_defaults(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "bluegreen plan"
     return schema

@@ -62,6 +62,7 @@ class Runner:
         self.reporter = reporter or Reporter()
         self.steps: list[Step[Any]] = [build_step(spec, loaded) for spec in self.plan.steps]
         self.dsns = {"blue": self.plan.clusters.blue.dsn, "green": self.plan.clusters.green.dsn}
+        self.last_report: RunReport | None = None  # also set when a run fails, for --report
 
     # -- entry points ------------------------------------------------------------------------------
 
@@ -90,7 +91,9 @@ class Runner:
                                     f"{latest.finished_at:%Y-%m-%d %H:%M:%S %Z}; --restart runs it again")
                     return report
             record, resumed = journal.begin(self.plan.name, self.loaded.sha256, options.restart)
-            return _Execution(self, journal, record.run_id, resumed).run()
+            execution = _Execution(self, journal, record.run_id, resumed)
+            self.last_report = execution.report
+            return execution.run()
         finally:
             journal.close()
 
@@ -107,6 +110,7 @@ class Runner:
                 raise NothingToRollBack(f"plan {self.plan.name!r} has no run to roll back"
                                         + (f" (run {latest.run_id} is {latest.status})" if latest else ""))
             execution = _Execution(self, journal, latest.run_id, True, mode="rollback")
+            self.last_report = execution.report
             return execution.rollback_only()
         finally:
             journal.close()
@@ -378,15 +382,19 @@ class _Execution:
             self.reporter.step_started(step.id, step.kind, "rollback")
             self.journal.record(self.run_id, step.id, "rollback", "started")
             try:
-                self._run_actions(step, step.rollback(self._ctx(step, "rollback")), "rollback")
+                undo = list(step.rollback(self._ctx(step, "rollback")))
+                if not undo:
+                    self.reporter.note(f"step {step.id!r} has no undo: what it did stays as it is")
+                self._run_actions(step, undo, "rollback")
             except BaseException as exc:
                 self.journal.record(self.run_id, step.id, "rollback", "failed", detail={"error": str(exc)})
                 self.reporter.step_finished(step.id, "rollback", False, secrets.redact(str(exc)))
                 raise RollbackFailed(f"rolling back step {step.id!r} failed: {secrets.redact(str(exc))};"
                                      " fix the cause and run 'bluegreen rollback' again") from exc
-            self.journal.record(self.run_id, step.id, "rollback", "done")
-            self.report.step(step.id).status = "rolled_back"
-            self.report.rollback.append(step.id)
+            self.journal.record(self.run_id, step.id, "rollback", "done", detail={"actions": len(undo)})
+            if undo:
+                self.report.step(step.id).status = "rolled_back"
+                self.report.rollback.append(step.id)
             self.reporter.step_finished(step.id, "rollback", True)
 
 

@@ -43,6 +43,18 @@ def register_dsn(dsn: str) -> None:
         register(password)
 
 
+def register_env(name: str, value: str) -> None:
+    """Register what an environment variable's value hides: a DSN's password, or the whole value.
+
+    ``*_DSN`` / ``*_URL`` values are connection strings whose password alone is secret; any other
+    secret-looking name (``*PASSWORD*``, ``*TOKEN*``, ``*_KEY``...) is secret as a whole.
+    """
+    register_dsn(value)
+    upper = name.upper()
+    if is_secret_name(name) and not upper.endswith(("DSN", "URL")):
+        register(value)
+
+
 def is_secret_name(name: str) -> bool:
     """Tell whether an environment variable's name says its value is a secret or holds one."""
     upper = name.upper()
@@ -50,7 +62,7 @@ def is_secret_name(name: str) -> bool:
 
 
 def dsn_password(dsn: str) -> str | None:
-    """Return the password in a DSN, or None; a DSN that does not parse yields None."""
+    """Return the password in a DSN, or None (for a DSN libpq rejects, the URI form only)."""
     try:
         params = conninfo_to_dict(dsn)
     except Exception:
@@ -80,7 +92,9 @@ def redact_dsn(dsn: str) -> str:
 
 
 def _mask_uri_password(dsn: str) -> str:
-    return re.sub(r"^([a-z]+://[^:/@]*:)[^@]*@", r"\1" + MASK + "@", dsn)
+    """Mask a password in a DSN libpq cannot parse: the URI form, or any ``password=`` pair."""
+    dsn = re.sub(r"^([a-z]+://[^:/@]*:)[^@]*@", r"\1" + MASK + "@", dsn)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1" + MASK, dsn)
 
 
 def redact(text: str) -> str:

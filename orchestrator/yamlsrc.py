@@ -101,16 +101,24 @@ class _Converter:
         return value
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
-        self.loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
+        # Merge keys (<<) are flattened first; a key written in this mapping overrides a merged one
+        # (that is what << is for), but the same key written twice here is a mistake.
+        explicit = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
+        self.loader.flatten_mapping(node)
         out: dict[str, Any] = {}
+        merged: set[str] = set()
         for key_node, value_node in node.value:
             key = self._key(key_node)
             if not isinstance(key, str):
                 self.problem(key_node, loc, f"keys must be strings, got {_yaml_type(key_node, key)}")
                 continue
-            if key in out:
+            if id(key_node) not in explicit:
+                merged.add(key)
+            elif key in out and key not in merged:
                 self.problem(key_node, (*loc, key), "duplicate key (YAML would silently keep only the last)")
                 continue
+            else:
+                merged.discard(key)
             self.lines[(*loc, key)] = key_node.start_mark.line + 1
             out[key] = self.convert(value_node, (*loc, key))
             self.lines[(*loc, key)] = key_node.start_mark.line + 1
@@ -136,10 +144,7 @@ class _Converter:
             else:
                 self.problem(node, loc, f"environment variable ${{{name}}} is not set")
                 return ""
-            if secrets.is_secret_name(name):
-                secrets.register_dsn(result)
-                if "PASSWORD" in name.upper() or "SECRET" in name.upper() or "TOKEN" in name.upper():
-                    secrets.register(result)
+            secrets.register_env(name, result)
             return result
 
         return _VAR.sub(substitute, value)

@@ -53,8 +53,10 @@ def split_statements(text: str, source: str = "<sql>") -> list[Statement]:
     try:
         slices = parser.split(text, with_parser=True, only_slices=True)
     except parser.ParseError as exc:
-        message, at_ = (exc.args + (0,))[:2] if exc.args else ("syntax error", 0)
+        message, at_ = (*exc.args, 0)[:2] if exc.args else ("syntax error", 0)
         at = at_ if isinstance(at_, int) else 0  # pglast reports str offsets
+        if "at end of input" in str(message) and not at:
+            at = len(text.rstrip())
         line, column = position(text, at)
         msg = str(message)
         if text[at : at + 1] == "\\":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from orchestrator.localenv import (
     Databases,
@@ -42,7 +43,7 @@ def test_tcp_connections_need_the_password(blue: LocalCluster, green: LocalClust
             psycopg.connect(cluster.dsn(password=False), passfile=os.devnull, connect_timeout=5).close()
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(cluster.dsn(), password="not-" + cluster.password, connect_timeout=5).close()
-        with psycopg.connect(**cluster.conninfo()) as conn:
+        with psycopg.connect(make_conninfo(**cluster.conninfo())) as conn:
             assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
 
 
@@ -166,9 +167,8 @@ def test_cluster_restarts_on_its_port_with_its_data(blue: LocalCluster, tmp_path
         again = LocalCluster("scratch", blue.bins, tmp_path, "pw-scratch")
         assert again.port == cluster.port
         assert again.datadir.resolve() == cluster.datadir.resolve()
-        with again:
-            with again.connect() as conn:
-                assert conn.execute("SELECT 1 FROM pg_database WHERE datname = 'kept'").fetchone() == (1,)
+        with again, again.connect() as conn:
+            assert conn.execute("SELECT 1 FROM pg_database WHERE datname = 'kept'").fetchone() == (1,)
         assert not again.is_running()
     finally:
         cluster.destroy()

@@ -36,7 +36,7 @@ def _exit_code(exc: BaseException) -> int:
     return 1
 
 
-def _guard(as_json: bool, fn: Callable[[], T], runner: Runner | None = None,
+def guard(as_json: bool, fn: Callable[[], T], runner: Runner | None = None,
            report_file: Path | None = None) -> T:
     """Run ``fn``; turn a library error into a message (or JSON) and its exit code.
 
@@ -68,9 +68,17 @@ def _guard(as_json: bool, fn: Callable[[], T], runner: Runner | None = None,
         raise typer.Exit(_exit_code(exc)) from None
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Mask secrets in every log line, tracebacks included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return secrets.redact(super().format(record))
+
+
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler], force=True)
 
 
 def _emit_report(report: RunReport, as_json: bool, report_file: Path | None,
@@ -101,16 +109,16 @@ def run(plan: PlanArg,
     """Run a plan; re-running an interrupted run of the same plan resumes it."""
     _logging(verbose)
 
-    runner = _guard(as_json, lambda: Runner(load_plan(plan), ui.RichReporter(ui.make_console(stderr=True))))
+    runner = guard(as_json, lambda: Runner(load_plan(plan), ui.RichReporter(ui.make_console(stderr=True))))
     options = RunOptions(dry_run=dry_run, offline=offline, restart=restart)
-    report = _guard(as_json, lambda: runner.run(options), runner, report_file)
+    report = guard(as_json, lambda: runner.run(options), runner, report_file)
     _emit_report(report, as_json, report_file)
 
 
 @app.command()
 def validate(plan: PlanArg, as_json: JsonOpt = False) -> None:
     """Check a plan file only: syntax, keys, types, variables, referenced files and SQL."""
-    loaded = _guard(as_json, lambda: load_plan(plan))
+    loaded = guard(as_json, lambda: load_plan(plan))
     if as_json:
         ui.print_json({"ok": True, "plan": loaded.plan.name, "steps": len(loaded.plan.steps),
                        "sha256": loaded.sha256})
@@ -121,7 +129,7 @@ def validate(plan: PlanArg, as_json: JsonOpt = False) -> None:
 @app.command()
 def status(plan: PlanArg, as_json: JsonOpt = False) -> None:
     """Show the journal of the plan's latest run: steps, states, timings."""
-    result = _guard(as_json, lambda: Runner(load_plan(plan)).status())
+    result = guard(as_json, lambda: Runner(load_plan(plan)).status())
     if as_json:
         ui.print_json(result)
     else:
@@ -133,8 +141,8 @@ def rollback(plan: PlanArg, as_json: JsonOpt = False, report_file: ReportOpt = N
              verbose: VerboseOpt = False) -> None:
     """Undo the latest run's completed steps, in reverse order."""
     _logging(verbose)
-    runner = _guard(as_json, lambda: Runner(load_plan(plan), ui.RichReporter(ui.make_console(stderr=True))))
-    report = _guard(as_json, runner.rollback, runner, report_file)
+    runner = guard(as_json, lambda: Runner(load_plan(plan), ui.RichReporter(ui.make_console(stderr=True))))
+    report = guard(as_json, runner.rollback, runner, report_file)
     _emit_report(report, as_json, report_file)
 
 
@@ -157,7 +165,7 @@ def demo(keep: Annotated[bool, typer.Option("--keep", help="leave the servers an
     from .demo import run_demo
 
     console = ui.make_console(stderr=True)
-    result = _guard(as_json, lambda: run_demo(ui.RichReporter(console), console_note=console.print,
+    result = guard(as_json, lambda: run_demo(ui.RichReporter(console), console_note=console.print,
                                               keep=keep, traffic_seconds=duration))
     traffic = asdict(result.traffic) if result.traffic is not None else None
     if traffic is not None:
@@ -172,3 +180,6 @@ def demo(keep: Annotated[bool, typer.Option("--keep", help="leave the servers an
 
 def main() -> None:
     app()
+
+
+from . import commands  # noqa: E402,F401  (registers the command modules on app)

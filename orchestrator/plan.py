@@ -1,96 +1,50 @@
-"""The plan file: pydantic models (discriminated on ``kind``), loading, errors with lines, hashing.
+"""The plan file: the Plan model, loading with file:line:key errors, hashing, the JSON Schema.
 
 A plan is validated once, here, before anything connects anywhere: a bad plan touches nothing.
-Step kinds are added by later modules only through this file's ``StepSpec`` union, so the JSON
-Schema written by ``bluegreen schema`` always lists every kind.
+Each step kind's spec lives beside its implementation in ``steps/`` and registers there; the
+union of all of them is built here, so ``bluegreen schema`` always lists every kind.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    ValidationError,
-    ValidationInfo,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from . import secrets
 from .errors import PlanError, PlanProblem
-from .sqlanalysis.parse import SqlSyntaxError, split_statements
+from .spec import (
+    Duration,
+    Identifier,
+    Model,
+    OnFailure,
+    StepSpecBase,
+    Target,
+    format_duration,
+    parse_duration,
+)
+from .steps import SPECS
 from .yamlsrc import Loc, Located, format_loc, load
 
-_MAX_SECONDS = 365 * 86400.0
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+__all__ = ["STEP_SPECS", "Duration", "LoadedPlan", "Plan", "format_duration", "load_plan", "parse_duration",
+           "plan_json_schema"]
+
+STEP_SPECS: dict[str, type[StepSpecBase]] = SPECS
+
+if TYPE_CHECKING:
+    StepSpec = StepSpecBase
+else:
+    StepSpec = Annotated[Union[tuple(SPECS.values())], Field(discriminator="kind")]  # noqa: UP007
 
 
-def parse_duration(value: Any) -> timedelta:
-    """Parse ``2s``, ``500ms``, ``1h30m``, ``6h`` or a number of seconds into a positive timedelta."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, bool):
-        raise ValueError("expected a duration such as 2s, 500ms, 5m or 6h, got a boolean")
-    elif isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        if not text or _DURATION.sub("", text) != "":
-            raise ValueError(f"expected a duration such as 2s, 500ms, 5m, 1h30m or 6h, got {value!r}")
-        seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(text))
-    else:
-        raise ValueError(f"expected a duration such as 2s or 6h, got {type(value).__name__}")
-    if not math.isfinite(seconds) or seconds > _MAX_SECONDS:
-        raise ValueError(f"a duration must be at most 365d, got {value!r}")
-    if seconds <= 0:
-        raise ValueError(f"a duration must be positive, got {value!r}")
-    if seconds < 0.001:
-        raise ValueError(f"a duration must be at least 1ms (Postgres timeouts count milliseconds), got {value!r}")
-    return timedelta(seconds=seconds)
-
-
-def format_duration(value: timedelta) -> str:
-    """Render a timedelta the way plans write it (``1500ms``, ``2s``, ``6h``)."""
-    ms = round(value.total_seconds() * 1000)
-    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(parse_duration),
-    PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema({"type": ["string", "number"], "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$",
-                    "description": "a duration: 500ms, 2s, 5m, 1h30m, 6h, or seconds as a number"}),
-]
-Target = Literal["blue", "green"]
-OnFailure = Literal["rollback", "stop"]
-Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Cluster(_Model):
+class Cluster(Model):
     """A PostgreSQL cluster the plan acts on. The DSN's password is registered as a secret."""
 
     dsn: str = Field(min_length=1, description="libpq connection string or URI; ${VAR} expands")
@@ -109,12 +63,12 @@ class Cluster(_Model):
         return value
 
 
-class Clusters(_Model):
+class Clusters(Model):
     blue: Cluster
     green: Cluster
 
 
-class Defaults(_Model):
+class Defaults(Model):
     """Values every step inherits unless it sets its own."""
 
     lock_timeout: Duration = timedelta(seconds=2)
@@ -125,95 +79,8 @@ class Defaults(_Model):
     on_failure: OnFailure = "stop"
 
 
-class _StepBase(_Model):
-    id: Identifier = Field(description="unique in the plan; the journal and the report name steps by it")
-    description: str | None = None
-    on_failure: OnFailure | None = None
-    lock_timeout: Duration | None = None
-    statement_timeout: Duration | None = None
 
-
-class SqlSource(_Model):
-    """Statements given inline (``sql``) or as files (``file``), relative to the plan's folder."""
-
-    sql: str | list[str] | None = None
-    file: str | list[str] | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SqlSource:
-        if (self.sql is None) == (self.file is None):
-            raise ValueError("give exactly one of 'sql' (statements) or 'file' (paths)")
-        return self
-
-    @field_validator("sql")
-    @classmethod
-    def _parse_sql(cls, value: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
-        for text in [value] if isinstance(value, str) else value or []:
-            try:
-                if not split_statements(text, "inline SQL"):
-                    raise ValueError("no SQL statement")
-            except SqlSyntaxError as exc:
-                raise ValueError(f"SQL line {exc.line} column {exc.column}: {exc.message}") from None
-        return value
-
-    @field_validator("file")
-    @classmethod
-    def _check_files(cls, value: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
-        base = Path((info.context or {}).get("base_dir", "."))
-        for name in [value] if isinstance(value, str) else value or []:
-            path = base / name
-            if not path.is_file():
-                raise ValueError(f"no such file: {path}")
-            try:
-                split_statements(path.read_text(encoding="utf-8"), str(path))
-            except SqlSyntaxError as exc:
-                raise ValueError(str(exc)) from None
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}: not UTF-8 text ({exc.reason})") from None
-        return value
-
-    def texts(self, base_dir: Path) -> list[tuple[str, str]]:
-        """Return ``(source name, SQL text)`` pairs in order."""
-        if self.file is not None:
-            names = [self.file] if isinstance(self.file, str) else self.file
-            return [(name, (base_dir / name).read_text(encoding="utf-8")) for name in names]
-        chunks = [self.sql] if isinstance(self.sql, str) else list(self.sql or [])
-        return [(f"sql[{i}]", text) for i, text in enumerate(chunks)]
-
-
-class SqlStepSpec(_StepBase, SqlSource):
-    """Run SQL on one cluster: in one transaction per file/chunk, or statement by statement."""
-
-    kind: Literal["sql"]
-    on: Target
-    transaction: bool = Field(True, description="false: each statement in autocommit (CONCURRENTLY, VACUUM)")
-    rollback: SqlSource | None = Field(None, description="SQL that undoes this step, run by rollback")
-
-
-class CommandStepSpec(_StepBase):
-    """Run a program (argv, no shell) with an environment and a timeout; output is captured."""
-
-    kind: Literal["command"]
-    argv: list[str] = Field(min_length=1)
-    env: dict[str, str] = Field(default_factory=dict)
-    cwd: str | None = None
-    timeout: Duration = timedelta(minutes=10)
-    ok_codes: list[int] = Field(default_factory=lambda: [0])
-    rollback: list[str] | None = Field(None, min_length=1, description="argv that undoes this step")
-
-    @field_validator("env")
-    @classmethod
-    def _register_secrets(cls, env: dict[str, str]) -> dict[str, str]:
-        for name, value in env.items():
-            secrets.register_env(name, value)
-        return env
-
-
-StepSpec = Annotated[SqlStepSpec | CommandStepSpec, Field(discriminator="kind")]
-STEP_SPECS: dict[str, type[_StepBase]] = {"sql": SqlStepSpec, "command": CommandStepSpec}
-
-
-class Plan(_Model):
+class Plan(Model):
     """A runbook: clusters, defaults and the ordered steps of one blue-green upgrade."""
 
     version: Literal[1]
@@ -234,7 +101,7 @@ class Plan(_Model):
             seen.add(step.id)
         return steps
 
-    def step_setting(self, step: _StepBase, name: str) -> Any:
+    def step_setting(self, step: StepSpecBase, name: str) -> Any:
         """The step's own value for ``name``, else the plan default."""
         value = getattr(step, name, None)
         return value if value is not None else getattr(self.defaults, name)

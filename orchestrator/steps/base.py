@@ -11,12 +11,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ..actions import Action
-from ..plan import LoadedPlan, _StepBase
+from ..spec import StepSpecBase
 
-SpecT = TypeVar("SpecT", bound=_StepBase)
+if TYPE_CHECKING:
+    from ..plan import LoadedPlan
+
+SpecT = TypeVar("SpecT", bound=StepSpecBase)
 
 
 @dataclass(frozen=True, slots=True)

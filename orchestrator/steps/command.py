@@ -10,15 +10,39 @@ argv, if the plan gives one. Commands see ``BLUEGREEN_BLUE_DSN``, ``BLUEGREEN_GR
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
+from pydantic import Field, field_validator
+
+from .. import secrets
 from ..actions import Action, CommandAction
-from ..plan import CommandStepSpec
+from ..spec import Duration, StepSpecBase
 from . import register
 from .base import Step, StepContext
 
 
-@register("command")
+class CommandStepSpec(StepSpecBase):
+    """Run a program (argv, no shell) with an environment and a timeout; output is captured."""
+
+    kind: Literal["command"]
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    timeout: Duration = timedelta(minutes=10)
+    ok_codes: list[int] = Field(default_factory=lambda: [0])
+    rollback: list[str] | None = Field(None, min_length=1, description="argv that undoes this step")
+
+    @field_validator("env")
+    @classmethod
+    def _register_secrets(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            secrets.register_env(name, value)
+        return env
+
+
+@register("command", CommandStepSpec)
 class CommandStep(Step[CommandStepSpec]):
     """One program run; its argv is the action."""
 

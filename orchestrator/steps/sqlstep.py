@@ -10,17 +10,28 @@ it idempotently (IF NOT EXISTS). Undo: the step's ``rollback`` SQL, if the plan 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from psycopg import sql
+from pydantic import Field
 
 from ..actions import Action, SqlAction
-from ..plan import SqlSource, SqlStepSpec
+from ..spec import SqlSource, StepSpecBase, Target
 from ..sqlanalysis.parse import split_statements
 from . import register
 from .base import Step, StepContext
 
 
-@register("sql")
+class SqlStepSpec(StepSpecBase, SqlSource):
+    """Run SQL on one cluster: in one transaction per file/chunk, or statement by statement."""
+
+    kind: Literal["sql"]
+    on: Target
+    transaction: bool = Field(True, description="false: each statement in autocommit (CONCURRENTLY, VACUUM)")
+    rollback: SqlSource | None = Field(None, description="SQL that undoes this step, run by rollback")
+
+
+@register("sql", SqlStepSpec)
 class SqlStep(Step[SqlStepSpec]):
     """Statements on one cluster, in a transaction per file/chunk or one by one in autocommit."""
 

@@ -6,23 +6,36 @@ import os
 import signal
 from pathlib import Path
 
+import psycopg
+
 from orchestrator.localenv import Databases, twin_databases
 
-from .helpers import bluegreen, cli_env, journal_started, query, scalar, spawn, wait_for, write_plan
+from .helpers import bluegreen, cli_env, query, scalar, spawn, wait_for, write_plan
+
+GATE = 4242  # an advisory lock the test can hold to stop a run inside step s3
 
 
 def _steps(count: int, sleep: float) -> str:
-    """``count`` steps, each a non-idempotent insert (a second apply would show as a duplicate row)."""
+    """``count`` steps, each a non-idempotent insert (a second apply would show as a duplicate row).
+
+    Step s3 also takes the advisory lock ``GATE``, so a test holding it parks the run inside s3.
+    """
     lines = ['  - {id: setup, kind: sql, on: green, sql: "CREATE TABLE applied (n int, at timestamptz DEFAULT now());'
              ' CREATE TABLE data (k int PRIMARY KEY, v int)"}\n']
     for n in range(1, count + 1):
         lines.append(
             f'  - {{id: s{n}, kind: sql, on: green, sql: "INSERT INTO applied (n) VALUES ({n});'
             f' INSERT INTO data SELECT g, g * {n} FROM generate_series({n * 100}, {n * 100 + 99}) g'
-            f' ON CONFLICT (k) DO UPDATE SET v = data.v + 1; SELECT pg_sleep({sleep})"}}\n')
+            f' ON CONFLICT (k) DO UPDATE SET v = data.v + 1; SELECT pg_sleep({sleep})'
+            + (f'; SELECT pg_advisory_xact_lock({GATE})' if n == 3 else "") + '"}\n')
     lines.append('  - {id: blue-side, kind: sql, on: blue, sql: "CREATE TABLE IF NOT EXISTS seen (x int);'
                  ' INSERT INTO seen VALUES (1)"}\n')
     return "".join(lines)
+
+
+def _waiting_on_gate(dsn: str) -> bool:
+    return bool(scalar(dsn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s"
+                            " AND NOT granted", (GATE,)))
 
 
 def _state(dsn_green: str, dsn_blue: str) -> tuple[list[tuple[object, ...]], ...]:
@@ -39,13 +52,15 @@ def _uninterrupted_state(dbs: Databases, plan: Path) -> tuple[list[tuple[object,
 
 
 def test_sigkill_mid_action_resumes_to_the_same_state(dbs: Databases, tmp_path: Path) -> None:
-    plan = write_plan(tmp_path / "plan.yaml", "killed", _steps(6, 0.4))
-    proc = spawn(["run", str(plan)], cli_env(dbs))
-    try:
-        wait_for(lambda: journal_started(dbs.blue_dsn, "sql:s3:0"), what="action s3 to start")
-        os.kill(proc.pid, signal.SIGKILL)  # while s3's transaction sleeps: it never commits
-    finally:
-        proc.wait(timeout=30)
+    plan = write_plan(tmp_path / "plan.yaml", "killed", _steps(6, 0.05), "{lock_timeout: 1m}")
+    with psycopg.connect(dbs.green_dsn, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+        proc = spawn(["run", str(plan)], cli_env(dbs))
+        try:
+            wait_for(lambda: _waiting_on_gate(dbs.green_dsn), what="action s3 to wait on the gate")
+            os.kill(proc.pid, signal.SIGKILL)  # inside s3's open transaction: it never commits
+        finally:
+            proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert scalar(dbs.blue_dsn, "SELECT status FROM bluegreen.runs") == "running"
     assert query(dbs.green_dsn, "SELECT n FROM applied ORDER BY n") == [(1,), (2,)]
@@ -88,20 +103,23 @@ def test_sigkill_before_an_action_on_blue_resumes(dbs: Databases, tmp_path: Path
 
 
 def test_two_runs_of_one_plan_at_once_one_is_refused(dbs: Databases, tmp_path: Path) -> None:
-    steps = ('  - {id: slow, kind: sql, on: green, sql: "SELECT pg_sleep(3)"}\n'
+    steps = (f'  - {{id: slow, kind: sql, on: green, sql: "SELECT pg_advisory_xact_lock({GATE})"}}\n'
              '  - {id: after, kind: sql, on: green, sql: "CREATE TABLE finished (x int)"}\n')
-    plan = write_plan(tmp_path / "plan.yaml", "exclusive", steps)
-    first = spawn(["run", str(plan)], cli_env(dbs))
-    try:
-        wait_for(lambda: journal_started(dbs.blue_dsn, "sql:slow:0"), what="the first run to start")
-        second = bluegreen(["run", str(plan)], cli_env(dbs))
-        assert second.returncode == 1
-        assert "is being run by another bluegreen process" in second.stderr
-        assert "held by server pid" in second.stderr
-        _, err = first.communicate(timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    plan = write_plan(tmp_path / "plan.yaml", "exclusive", steps, "{lock_timeout: 1m}")
+    with psycopg.connect(dbs.green_dsn, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+        first = spawn(["run", str(plan)], cli_env(dbs))
+        try:
+            wait_for(lambda: _waiting_on_gate(dbs.green_dsn), what="the first run to be inside its step")
+            second = bluegreen(["run", str(plan)], cli_env(dbs))
+            assert second.returncode == 1
+            assert "is being run by another bluegreen process" in second.stderr
+            assert "held by server pid" in second.stderr
+            gate.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+            _, err = first.communicate(timeout=60)
+        finally:
+            if first.poll() is None:
+                first.kill()
     assert first.returncode == 0, err
     assert scalar(dbs.green_dsn, "SELECT to_regclass('finished') IS NOT NULL")
     assert query(dbs.blue_dsn, "SELECT status FROM bluegreen.runs") == [("done",)]
@@ -111,8 +129,6 @@ def test_database_refuses_a_second_unfinished_run(dbs: Databases, tmp_path: Path
     steps = '  - {id: fails, kind: sql, on: green, sql: "SELECT * FROM nowhere"}\n'
     plan = write_plan(tmp_path / "plan.yaml", "constrained", steps)
     assert bluegreen(["run", str(plan)], cli_env(dbs)).returncode == 1
-    import psycopg
-
     try:
         query(dbs.blue_dsn, "INSERT INTO bluegreen.runs (plan_name, plan_sha256, status)"
                             " VALUES ('constrained', 'x', 'running')")

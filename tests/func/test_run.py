@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import psycopg
 
 from orchestrator.localenv import Databases
 
-from .helpers import bluegreen, cli_env, journal_dump, query, scalar, write_plan
+from .helpers import bluegreen, cli_env, journal_dump, journal_started, query, scalar, spawn, wait_for, write_plan
 
 STEPS = """\
   - {id: make-table, kind: sql, on: green, sql: "CREATE TABLE items (id int PRIMARY KEY, v text)",
@@ -174,20 +173,18 @@ def test_lock_retry_succeeds_once_the_lock_is_released(dbs: Databases, tmp_path:
     steps = '  - {id: alter, kind: sql, on: green, sql: "ALTER TABLE hot ADD COLUMN c int"}\n'
     plan = write_plan(tmp_path / "plan.yaml", "retried", steps,
                       "{lock_timeout: 200ms, lock_retries: 20, retry_backoff: 100ms}")
-    holder = psycopg.connect(dbs.green_dsn)
-    holder.execute("LOCK TABLE hot IN ACCESS SHARE MODE")
-    timer = threading.Timer(1.0, holder.rollback)
-    timer.start()
-    try:
-        result = bluegreen(["run", str(plan)], cli_env(dbs))
-    finally:
-        timer.join()
-        holder.close()
-    assert result.returncode == 0, result.stderr
+    with psycopg.connect(dbs.green_dsn) as holder:
+        holder.execute("LOCK TABLE hot IN ACCESS SHARE MODE")
+        proc = spawn(["run", str(plan)], cli_env(dbs))
+        wait_for(lambda: journal_started(dbs.blue_dsn, "sql:alter:0"), what="the ALTER to start")
+        time.sleep(0.6)  # > lock_timeout: at least one attempt has timed out by now
+        holder.rollback()
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
     attempts = scalar(dbs.blue_dsn, "SELECT (detail->>'attempts')::int FROM bluegreen.step_events"
                                     " WHERE action_id = 'sql:alter:0' AND status = 'done'")
     assert attempts > 1
-    assert "lock retries" in result.stderr
+    assert "lock retries" in stderr
 
 
 def test_command_failures_and_timeouts(dbs: Databases, tmp_path: Path) -> None:

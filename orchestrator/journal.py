@@ -184,6 +184,19 @@ class Journal:
             (run_id,)).fetchall()
         return {r[0]: int(r[1]) for r in rows}
 
+    def put_state(self, run_id: int, key: str, value: Any) -> None:
+        """Store a run-scoped fact for later steps (and resumed runs); ``value`` must be JSON."""
+        self.conn.execute(
+            "INSERT INTO bluegreen.run_state (run_id, key, value) VALUES (%s, %s, %s::jsonb)"
+            " ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value, updated_at = clock_timestamp()",
+            (run_id, key, json.dumps(secrets.redact_obj(value), default=str)))
+
+    def get_state(self, run_id: int, key: str) -> Any:
+        """A fact stored by :meth:`put_state` in this run, or None."""
+        row = self.conn.execute("SELECT value FROM bluegreen.run_state WHERE run_id = %s AND key = %s",
+                                (run_id, key)).fetchone()
+        return row[0] if row else None
+
     def events(self, run_id: int) -> list[dict[str, Any]]:
         with self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute("SELECT event_id, step_id, phase, action_id, status, at, detail"

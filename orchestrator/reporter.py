@@ -34,6 +34,9 @@ class Reporter:
     def note(self, message: str) -> None:
         """Something an operator should read (a retry, a recovery, a warning)."""
 
+    def progress(self, step_id: str, task: str, done: float, total: float | None, unit: str) -> None:
+        """Long work advanced: ``done`` of ``total`` (``None``: unknown) ``unit`` (rows, bytes...)."""
+
 
 class RecordingReporter(Reporter):
     """Keep every event as a tuple, for tests."""
@@ -61,3 +64,6 @@ class RecordingReporter(Reporter):
 
     def note(self, message: str) -> None:
         self.events.append(("note", message))
+
+    def progress(self, step_id: str, task: str, done: float, total: float | None, unit: str) -> None:
+        self.events.append(("progress", step_id, task, done, total, unit))

@@ -178,8 +178,9 @@ class Runner:
                     report.rendered.append({"step": step_id, "action": action.id, "sql": result.rendered})
                     self.reporter.action_finished(step_id, action, result)
 
-            ctx = StepContext(self.loaded, report.run_id, False, render, self._no_connect if offline
-                              else self._readonly_connect)
+            ctx = StepContext(self.loaded, report.run_id, False, render,
+                              self._no_connect if offline else self._readonly_connect,
+                              dsns=dict(self.dsns), reporter=self.reporter, step_id=step.id)
             step.apply(ctx)
             self.reporter.step_finished(step.id, "apply", True)
         return report
@@ -212,7 +213,11 @@ class _Execution:
             self._run_actions(step, actions, phase)
 
         return StepContext(self.runner.loaded, self.run_id, True, run_actions,
-                           lambda target: readonly(self.runner.dsns[target], target))
+                           lambda target: readonly(self.runner.dsns[target], target),
+                           dsns=dict(self.runner.dsns),
+                           put=lambda key, value: self.journal.put_state(self.run_id, key, value),
+                           get=lambda key: self.journal.get_state(self.run_id, key),
+                           reporter=self.reporter, step_id=step.id)
 
     def run(self) -> RunReport:
         self.reporter.run_started(self.runner.plan.name, self.run_id, "run", self.report.resumed)

@@ -34,6 +34,7 @@ class RichReporter(Reporter):
         self.show_sql = show_sql
         self._status: Status | None = None
         self._t0 = time.monotonic()
+        self._last_progress: dict[tuple[str, str], float] = {}
 
     def _line(self, text: str) -> None:
         elapsed = time.monotonic() - self._t0
@@ -88,6 +89,21 @@ class RichReporter(Reporter):
 
     def note(self, message: str) -> None:
         self._line(f"[yellow]{escape(message)}[/yellow]")
+
+    def progress(self, step_id: str, task: str, done: float, total: float | None, unit: str) -> None:
+        """Spinner text on a terminal; otherwise a line every 5 s per task, and at the end."""
+        text = f"{step_id}: {task} {done:,.0f}" + (f"/{total:,.0f}" if total else "") + (f" {unit}" if unit else "")
+        if total:
+            text += f" ({100 * done / total:.0f}%)"
+        if self._status is not None:
+            self._status.update(redact(text))
+            return
+        now = time.monotonic()
+        key = (step_id, task)
+        finished = total is not None and done >= total
+        if finished or now - self._last_progress.get(key, 0.0) >= 5.0:
+            self._last_progress[key] = now
+            self._line(f"  [dim]{escape(text)}[/dim]")
 
 
 def print_report(console: Console, report: RunReport) -> None:

@@ -34,3 +34,12 @@ CREATE TABLE IF NOT EXISTS bluegreen.step_events (
 );
 
 CREATE INDEX IF NOT EXISTS step_events_by_run ON bluegreen.step_events (run_id, step_id, phase);
+
+-- Run-scoped facts steps hand to later steps (the snapshot a copy used, capture positions...).
+CREATE TABLE IF NOT EXISTS bluegreen.run_state (
+    run_id     bigint NOT NULL REFERENCES bluegreen.runs,
+    key        text NOT NULL,
+    value      jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (run_id, key)
+);

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ..actions import Action
+from ..reporter import Reporter
 from ..spec import StepSpecBase
 
 if TYPE_CHECKING:
@@ -33,18 +34,32 @@ class Check:
 
 @dataclass
 class StepContext:
-    """What a step may use while it runs: the plan, the run, and the action runner."""
+    """What a step may use while it runs: the plan, the run, and the action runner.
+
+    :ivar live: False in a dry run: ``run_actions`` renders, ``put`` keeps nothing, ``get`` finds
+        nothing, and ``connect`` may refuse (``--offline``).
+    :ivar dsns: ``{"blue": dsn, "green": dsn}``, for steps that open their own connections or run
+        programs (pg_dump, COPY workers). Never print them: pass through ``secrets.redact``.
+    """
 
     loaded: LoadedPlan
     run_id: int | None
     live: bool
     run_actions: Callable[[Sequence[Action]], None]
     connect: Callable[[str], Any]
-    env: dict[str, str] = field(default_factory=dict)
+    dsns: dict[str, str] = field(default_factory=dict)
+    put: Callable[[str, Any], None] = field(default=lambda key, value: None)
+    get: Callable[[str], Any] = field(default=lambda key: None)
+    reporter: Reporter = field(default_factory=Reporter)
+    step_id: str = ""
 
     @property
     def base_dir(self) -> Path:
         return self.loaded.base_dir
+
+    def progress(self, task: str, done: float, total: float | None = None, unit: str = "") -> None:
+        """Report progress of long work (rows copied, batches done) to the operator."""
+        self.reporter.progress(self.step_id, task, done, total, unit)
 
 
 class Step(ABC, Generic[SpecT]):

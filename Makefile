@@ -8,10 +8,13 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: deps install test test-unit lint demo schema clean
 
 deps:  ## system packages: PostgreSQL 15 (blue), PgBouncer; pgbench ships with PostgreSQL
-	@if [ ! -x /usr/lib/postgresql/15/bin/initdb ] || { [ ! -x /usr/sbin/pgbouncer ] && ! command -v pgbouncer >/dev/null 2>&1; }; then \
-	  echo "installing postgresql-15 and pgbouncer with apt-get"; \
+	@pkgs=""; \
+	[ -x /usr/lib/postgresql/15/bin/initdb ] || pkgs="$$pkgs postgresql-15 postgresql-client-15"; \
+	[ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || pkgs="$$pkgs pgbouncer"; \
+	if [ -n "$$pkgs" ]; then \
+	  echo "installing with apt-get:$$pkgs"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-15 postgresql-client-15 pgbouncer >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; \
 	fi
 
 install: deps $(VENV)/.installed  ## the venv with bluegreen (editable) and its test tools

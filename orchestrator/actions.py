@@ -60,7 +60,17 @@ class CommandAction:
     description: str = ""
 
 
-Action = SqlAction | CommandAction
+@dataclass(frozen=True, slots=True)
+class NoteAction:
+    """A described step of work that a step performs itself (PgBouncer console, HTTP): rendered, never run."""
+
+    id: str
+    target: str
+    text: str
+    description: str = ""
+
+
+Action = SqlAction | CommandAction | NoteAction
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +87,9 @@ class ActionResult:
 
 def action_target(action: Action) -> str:
     """Where an action runs: ``blue``, ``green`` or ``local`` (a command)."""
-    return action.target if isinstance(action, SqlAction) else "local"
+    if isinstance(action, SqlAction | NoteAction):
+        return action.target
+    return "local"
 
 
 def ms(value: timedelta) -> str:
@@ -108,6 +120,8 @@ def session_resets(action: SqlAction) -> list[Query]:
 
 def render(action: Action) -> str:
     """Render an action exactly as the live executor would run it, as a SQL/shell script."""
+    if isinstance(action, NoteAction):
+        return redact(f"-- {action.target}: {action.text}")
     if isinstance(action, CommandAction):
         env = " ".join(f"{k}={shlex.quote(redact(v))}" for k, v in sorted(action.env.items()))
         cwd = f"cd {shlex.quote(str(action.cwd))} && " if action.cwd else ""

@@ -48,8 +48,10 @@ def connect(dsn: str, name: str, *, autocommit: bool = True, connect_timeout: in
     :raises ConnectionFailed: with the redacted DSN and the server's reason.
     """
     try:
+        # bluegreen's own sessions stay writable when a cutover fences the database read-only
         return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=connect_timeout,
-                               application_name=application_name)
+                               application_name=application_name,
+                               options="-c default_transaction_read_only=off")
     except psycopg.Error as exc:
         reason = secrets.redact(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
         raise ConnectionFailed(f"cannot connect to {name} ({secrets.redact_dsn(dsn)}): {reason}") from None
@@ -112,7 +114,9 @@ class LiveExecutor:
     def execute(self, action: Action, run_id: int | None) -> ActionResult:
         if isinstance(action, CommandAction):
             return self._command(action)
-        return self._sql(action, run_id)
+        if isinstance(action, SqlAction):
+            return self._sql(action, run_id)
+        raise ActionFailed(action.id, "a described action cannot be executed; its step performs it itself")
 
     def applied(self, action: SqlAction, run_id: int) -> bool:
         """Tell whether ``action`` committed in ``run_id`` (its marker is on the target)."""

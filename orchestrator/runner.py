@@ -387,17 +387,16 @@ class _Execution:
             self.reporter.step_started(step.id, step.kind, "rollback")
             self.journal.record(self.run_id, step.id, "rollback", "started")
             try:
-                undo = list(step.rollback(self._ctx(step, "rollback")))
-                if not undo:
+                undone = step.undo(self._ctx(step, "rollback"))
+                if not undone:
                     self.reporter.note(f"step {step.id!r} has no undo: what it did stays as it is")
-                self._run_actions(step, undo, "rollback")
             except BaseException as exc:
                 self.journal.record(self.run_id, step.id, "rollback", "failed", detail={"error": str(exc)})
                 self.reporter.step_finished(step.id, "rollback", False, secrets.redact(str(exc)))
                 raise RollbackFailed(f"rolling back step {step.id!r} failed: {secrets.redact(str(exc))};"
                                      " fix the cause and run 'bluegreen rollback' again") from exc
-            self.journal.record(self.run_id, step.id, "rollback", "done", detail={"actions": len(undo)})
-            if undo:
+            self.journal.record(self.run_id, step.id, "rollback", "done", detail={"undone": undone})
+            if undone:
                 self.report.step(step.id).status = "rolled_back"
                 self.report.rollback.append(step.id)
             self.reporter.step_finished(step.id, "rollback", True)

@@ -94,3 +94,14 @@ class Step(ABC, Generic[SpecT]):
     def rollback(self, ctx: StepContext) -> Sequence[Action]:
         """Actions that undo this step; idempotent (safe on a half-applied step)."""
         return []
+
+    def undo(self, ctx: StepContext) -> bool:
+        """Undo this step; return False when it has nothing to undo.
+
+        The default runs :meth:`rollback`'s actions (journaled, resumable); steps whose undo is not a
+        list of actions (a cutover switching traffic back) override this instead.
+        """
+        actions = list(self.rollback(ctx))
+        if actions:
+            ctx.run_actions(actions)
+        return bool(actions)

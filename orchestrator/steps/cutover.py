@@ -1,0 +1,405 @@
+"""``kind: cutover``: switch every client from blue to green inside one bounded pause.
+
+Order: gates (no session on blue idle in a transaction or older than ``max_xact_age``, no invalid
+index on green, every switch target usable, sequences readable), then PAUSE every PgBouncer with our
+own deadline (PAUSE has none; past it the pool is RESUMEd and the attempt is retried, then the step
+fails cleanly), fence blue, drain the captured events, set green's sequences past blue's, run all
+switches concurrently (all-or-nothing), RESUME. The pause (PAUSE issued to RESUME returned) is
+measured and reported.
+
+Locks: fencing sets ``default_transaction_read_only`` on blue's database (all roles, new sessions)
+and terminates the other sessions of that database (not bluegreen's own); ``setval`` on green takes
+a row lock on each sequence for an instant. Clients see a stall, never an error.
+
+Idempotent and crash-safe: each phase is recorded in the run state before it starts; a re-run after
+a crash inside the pause first puts everything back to blue (switches, fence, RESUME), then runs the
+whole cutover again. Undo (rollback): PAUSE, switches back to blue, unfence blue, RESUME.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from pydantic import Field, model_validator
+
+from .. import secrets
+from ..actions import Action, CommandAction, NoteAction, SqlAction
+from ..db import connect
+from ..errors import BluegreenError
+from ..pgbouncer import PauseTimeout, PgBouncerControl, PgBouncerError
+from ..spec import Duration, Model, StepSpecBase
+from ..switches import Switch, command_switch, http_switch, pgbouncer_switch, switch_all
+from . import register
+from .base import Check, Step, StepContext
+
+GATES = ("sessions", "invalid_indexes", "targets", "sequences")
+
+
+class PgBouncerSwitchSpec(Model):
+    admin_dsn: str = Field(description="the PgBouncer admin console (dbname=pgbouncer)")
+    ini: str = Field(description="pgbouncer.ini: its [databases] entry is rewritten, then RELOAD")
+    database: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="the database entry clients use")
+
+
+class HttpSwitchSpec(Model):
+    url: str
+    method: str = "POST"
+    body: str | None = None
+    expect: int = 200
+    back_url: str | None = Field(None, description="called to send traffic back to blue")
+    back_method: str = "POST"
+
+
+class SwitchSpec(Model):
+    """Exactly one of ``pgbouncer``, ``command`` or ``http``."""
+
+    name: str | None = None
+    pgbouncer: PgBouncerSwitchSpec | None = None
+    command: list[str] | None = Field(None, min_length=1, description="argv run to switch to green")
+    back: list[str] | None = Field(None, min_length=1, description="argv run to switch back to blue")
+    env: dict[str, str] = Field(default_factory=dict)
+    http: HttpSwitchSpec | None = None
+    timeout: Duration = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SwitchSpec:
+        given = [k for k in ("pgbouncer", "command", "http") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a switch is exactly one of 'pgbouncer', 'command' or 'http'")
+        if self.back is not None and self.command is None:
+            raise ValueError("'back' goes with 'command'")
+        return self
+
+
+class CutoverSpec(StepSpecBase):
+    """The simultaneous switch from blue to green inside a bounded pause."""
+
+    kind: Literal["cutover"]
+    switches: list[SwitchSpec] = Field(min_length=1)
+    pause_budget: Duration = Field(timedelta(seconds=2), description="how long PAUSE may take to complete")
+    pause_retries: int = Field(2, ge=0, le=20)
+    retry_wait: Duration = timedelta(seconds=1)
+    max_xact_age: Duration = Field(timedelta(seconds=5), description="gate: longest transaction on blue")
+    fence: bool = Field(True, description="make blue read-only and end its other sessions")
+    sequences: Literal["sync", "skip"] = "sync"
+    drain: list[str] = Field(default_factory=list, description="capture steps whose events are drained")
+    skip_gates: list[Literal["sessions", "invalid_indexes", "targets", "sequences"]] = Field(default_factory=list)
+
+
+class GateFailed(BluegreenError):
+    """A cutover precondition does not hold; nothing was paused."""
+
+
+@register("cutover", CutoverSpec)
+class Cutover(Step[CutoverSpec]):
+    """Gates, PAUSE, fence, drain, sequences, switches, RESUME."""
+
+    # -- description (dry run) ---------------------------------------------------------------------
+
+    def _db(self, ctx: StepContext, side: str) -> str:
+        from psycopg.conninfo import conninfo_to_dict
+
+        return str(conninfo_to_dict(ctx.dsns[side]).get("dbname") or "postgres")
+
+    def plan(self, ctx: StepContext) -> Sequence[Action]:
+        blue_db = sql.Identifier(self._db(ctx, "blue"))
+        actions: list[Action] = [NoteAction(f"gates:{self.id}", "blue+green", "gates: " + ", ".join(
+            g for g in GATES if g not in self.spec.skip_gates))]
+        bouncers = self._pgbouncers()
+        actions.extend(NoteAction(f"pause:{self.id}:{b.database}", "pgbouncer",
+                                  f"PAUSE {b.database}  -- deadline {self.spec.pause_budget.total_seconds():g}s,"
+                                  f" {self.spec.pause_retries} retries") for b in bouncers)
+        if self.spec.fence:
+            actions.append(SqlAction(id=f"fence_blue:{self.id}", target="blue", transactional=False, statements=(
+                sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(blue_db),
+                sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND pid <> pg_backend_pid() AND application_name NOT LIKE 'bluegreen%'"))))
+        if self.spec.drain:
+            actions.append(NoteAction(f"drain:{self.id}", "green", "replay the events left in "
+                                      + ", ".join(self.spec.drain)))
+        if self.spec.sequences == "sync":
+            actions.append(NoteAction(f"sync_sequences:{self.id}", "green",
+                                      "SELECT setval(seq, greatest(<blue's last_value>, last_value), true)"
+                                      " for every sequence of blue"))
+        for i, switch in enumerate(self.spec.switches):
+            name = self._switch_name(i, switch)
+            if switch.command:
+                actions.append(CommandAction(id=f"switch:{self.id}:{name}", argv=tuple(switch.command),
+                                             env={**switch.env, "BLUEGREEN_SIDE": "green"},
+                                             timeout=switch.timeout))
+            elif switch.pgbouncer:
+                actions.append(NoteAction(f"switch:{self.id}:{name}", "pgbouncer",
+                                          f"{switch.pgbouncer.ini}: [databases] {switch.pgbouncer.database} ="
+                                          " green's host, port, dbname; RELOAD"))
+            elif switch.http:
+                actions.append(NoteAction(f"switch:{self.id}:{name}", "http",
+                                          f"{switch.http.method} {switch.http.url} (expect {switch.http.expect})"))
+        actions.extend(NoteAction(f"resume:{self.id}:{b.database}", "pgbouncer", f"RESUME {b.database}")
+                       for b in bouncers)
+        return actions
+
+    def _pgbouncers(self) -> list[PgBouncerSwitchSpec]:
+        return [sw.pgbouncer for sw in self.spec.switches if sw.pgbouncer is not None]
+
+    @staticmethod
+    def _switch_name(index: int, sw: SwitchSpec) -> str:
+        if sw.name:
+            return sw.name
+        if sw.pgbouncer:
+            return f"pgbouncer-{sw.pgbouncer.database}"
+        return f"{'command' if sw.command else 'http'}-{index}"
+
+    def _switches(self, ctx: StepContext) -> list[Switch]:
+        out: list[Switch] = []
+        for i, sw in enumerate(self.spec.switches):
+            name = self._switch_name(i, sw)
+            timeout = sw.timeout.total_seconds()
+            if sw.pgbouncer is not None:
+                ini = Path(sw.pgbouncer.ini)
+                out.append(pgbouncer_switch(name, sw.pgbouncer.admin_dsn,
+                                            ini if ini.is_absolute() else ctx.base_dir / ini,
+                                            sw.pgbouncer.database, ctx.dsns))
+            elif sw.command is not None:
+                argv = [str(ctx.base_dir / a) if a.startswith("./") else a for a in sw.command]
+                back = [str(ctx.base_dir / a) if a.startswith("./") else a for a in sw.back or []]
+                out.append(command_switch(name, argv, back or None, sw.env, timeout))
+            elif sw.http is not None:
+                out.append(http_switch(name, sw.http.url, sw.http.method, sw.http.body, sw.http.expect,
+                                       sw.http.back_url, sw.http.back_method, timeout))
+        return out
+
+    def _controls(self) -> list[PgBouncerControl]:
+        return [PgBouncerControl(p.admin_dsn, p.database, f"pgbouncer-{p.database}") for p in self._pgbouncers()]
+
+    # -- the cutover -------------------------------------------------------------------------------
+
+    def apply(self, ctx: StepContext) -> None:
+        if not ctx.live:
+            ctx.run_actions(self.plan(ctx))
+            return
+        key = f"cutover:{self.id}"
+        state = ctx.get(key) or {}
+        if state.get("phase") not in (None, "done", "reverted"):
+            ctx.reporter.note(f"{self.id}: an earlier attempt stopped in phase {state['phase']!r};"
+                              " sending traffic back to blue before trying again")
+            self._back_to_blue(ctx, state)
+            ctx.put(key, {"phase": "reverted"})
+        switches = self._switches(ctx)
+        self._gates(ctx, switches)
+        controls = self._controls()
+        attempts = self.spec.pause_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                pause = self._attempt(ctx, key, switches, controls)
+            except PauseTimeout as exc:
+                ctx.put(key, {"phase": "reverted"})
+                if attempt == attempts:
+                    raise BluegreenError(f"{exc}; gave up after {attempts} attempt(s): traffic stays on blue") from None
+                ctx.reporter.note(f"{exc}; retrying in {self.spec.retry_wait.total_seconds():g}s "
+                                  f"(attempt {attempt + 1} of {attempts})")
+                time.sleep(self.spec.retry_wait.total_seconds())
+                continue
+            ctx.put(key, {"phase": "done", "pause_ms": round(pause * 1000, 1), "attempts": attempt})
+            ctx.reporter.note(f"{self.id}: clients paused for {pause * 1000:.0f} ms; traffic is on green")
+            return
+
+    def _attempt(self, ctx: StepContext, key: str, switches: list[Switch],
+                 controls: list[PgBouncerControl]) -> float:
+        """One try: PAUSE ... RESUME. On any failure, everything is back on blue when it raises."""
+        started = time.monotonic()
+        paused: list[PgBouncerControl] = []
+        fenced = False
+        try:
+            ctx.put(key, {"phase": "pausing"})
+            for control in controls:
+                control.pause(self.spec.pause_budget.total_seconds())
+                paused.append(control)
+            ctx.put(key, {"phase": "paused"})
+            if self.spec.fence:
+                previous = self._fence(ctx)
+                fenced = True
+                ctx.put(key, {"phase": "fenced", "read_only_before": previous})
+            self._drain(ctx)
+            if self.spec.sequences == "sync":
+                self._sync_sequences(ctx)
+            ctx.put(key, {"phase": "switching", "read_only_before": None})
+            switch_all(switches, "green")
+            ctx.put(key, {"phase": "switched"})
+        except BaseException:
+            if fenced:
+                self._unfence(ctx)
+            for control in paused:
+                control.resume()
+            raise
+        for control in paused:
+            control.resume()
+        return time.monotonic() - started
+
+    # -- pieces ------------------------------------------------------------------------------------
+
+    def _gates(self, ctx: StepContext, switches: list[Switch]) -> None:
+        problems: list[str] = []
+        checks: dict[str, Callable[[], list[str]]] = {
+            "sessions": lambda: self._long_sessions(ctx),
+            "invalid_indexes": lambda: self._invalid_indexes(ctx),
+            "targets": lambda: self._targets(switches),
+            "sequences": lambda: self._sequences_readable(ctx),
+        }
+        for name in GATES:
+            if name in self.spec.skip_gates:
+                ctx.reporter.note(f"{self.id}: gate {name} skipped by the plan")
+                continue
+            found = checks[name]()
+            if found:
+                problems.append(f"{name}: " + "; ".join(found))
+        if problems:
+            raise GateFailed("cutover refused, nothing was paused: " + "; ".join(problems))
+
+    def _long_sessions(self, ctx: StepContext) -> list[str]:
+        age = self.spec.max_xact_age.total_seconds()
+        with connect(ctx.dsns["blue"], "blue") as conn:
+            rows = conn.execute(
+                "SELECT pid, usename, application_name, coalesce(client_addr::text, 'local'), state,"
+                " extract(epoch FROM now() - xact_start)::numeric(12, 1)"
+                " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND backend_type = 'client backend' AND application_name NOT LIKE 'bluegreen%%'"
+                " AND state <> 'idle' AND xact_start < now() - %s * interval '1s'"
+                " ORDER BY xact_start",
+                (age,)).fetchall()
+        return [f"session pid {r[0]} (user {r[1]}, application {r[2] or '-'}, from {r[3]}) is {r[4]}, in a"
+                f" transaction for {r[5]}s (max_xact_age {age:g}s): it would stall PAUSE" for r in rows]
+
+    def _invalid_indexes(self, ctx: StepContext) -> list[str]:
+        with connect(ctx.dsns["green"], "green") as conn:
+            rows = conn.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid").fetchall()
+        return [f"index {r[0]} on green is invalid" for r in rows]
+
+    @staticmethod
+    def _targets(switches: list[Switch]) -> list[str]:
+        problems = []
+        for switch in switches:
+            try:
+                switch.check()
+            except (BluegreenError, psycopg.Error, OSError) as exc:
+                problems.append(secrets.redact(str(exc)))
+        return problems
+
+    def _sequences_readable(self, ctx: StepContext) -> list[str]:
+        if self.spec.sequences == "skip":
+            return []
+        problems = []
+        for side in ("blue", "green"):
+            try:
+                with connect(ctx.dsns[side], side) as conn:
+                    conn.execute("SELECT count(last_value) FROM pg_sequences")
+            except psycopg.Error as exc:
+                problems.append(f"cannot read sequences on {side}: {secrets.redact(str(exc).strip())}")
+        return problems
+
+    def _fence(self, ctx: StepContext) -> str | None:
+        """Make blue read-only for every role and end the other sessions; return the previous setting."""
+        db = self._db(ctx, "blue")
+        with connect(ctx.dsns["blue"], "blue") as conn:
+            row = conn.execute(
+                "SELECT s.setting FROM pg_db_role_setting r CROSS JOIN unnest(r.setconfig) AS s(setting)"
+                " WHERE r.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND r.setrole = 0 AND s.setting LIKE 'default_transaction_read_only=%'").fetchone()
+            conn.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on")
+                         .format(sql.Identifier(db)))
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                         " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+                         " AND application_name NOT LIKE 'bluegreen%'")
+        return str(row[0]) if row else None
+
+    def _unfence(self, ctx: StepContext) -> None:
+        db = self._db(ctx, "blue")
+        with connect(ctx.dsns["blue"], "blue") as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(sql.Identifier(db)))
+
+    def _drain(self, ctx: StepContext) -> None:
+        if not self.spec.drain:
+            return
+        import importlib
+
+        replay: Any = importlib.import_module("orchestrator.replay")  # the replay engine (issue 3)
+        drained = replay.drain(ctx, self.spec.drain)
+        ctx.reporter.note(f"{self.id}: drained {drained} captured event(s) onto green")
+
+    def _sync_sequences(self, ctx: StepContext) -> None:
+        with connect(ctx.dsns["blue"], "blue") as blue:
+            rows = blue.execute("SELECT schemaname, sequencename, last_value FROM pg_sequences"
+                                " WHERE last_value IS NOT NULL AND schemaname NOT LIKE 'bluegreen%'").fetchall()
+        if not rows:
+            return
+        with connect(ctx.dsns["green"], "green") as green, green.transaction():
+            for schema, name, value in rows:
+                exists = green.execute("SELECT to_regclass(%s) IS NOT NULL",
+                                       (sql.Identifier(schema, name).as_string(green),)).fetchone()
+                if exists and exists[0]:
+                    green.execute(sql.SQL("SELECT setval({}, greatest({}, (SELECT last_value FROM {})), true)")
+                                  .format(sql.Literal(sql.Identifier(schema, name).as_string(green)),
+                                          sql.Literal(value), sql.Identifier(schema, name)))
+        ctx.reporter.note(f"{self.id}: {len(rows)} sequence(s) on green set past blue's values")
+
+    def _back_to_blue(self, ctx: StepContext, state: dict[str, Any]) -> None:
+        """Undo an interrupted or completed cutover: PAUSE, switches to blue, unfence, RESUME."""
+        controls = self._controls()
+        paused = []
+        for control in controls:
+            try:
+                control.pause(self.spec.pause_budget.total_seconds())
+                paused.append(control)
+            except PgBouncerError as exc:
+                ctx.reporter.note(f"{self.id}: {exc}; switching back without a pause")
+        try:
+            switch_all(self._switches(ctx), "blue")
+        finally:
+            if self.spec.fence:
+                self._unfence(ctx)
+            for control in controls:
+                control.resume()
+
+    # -- verify and undo ---------------------------------------------------------------------------
+
+    def verify(self, ctx: StepContext) -> Sequence[Check]:
+        state = ctx.get(f"cutover:{self.id}") or {}
+        checks = [Check("cutover finished", state.get("phase") == "done", f"phase {state.get('phase')!r}")]
+        if "pause_ms" in state:
+            checks.append(Check("pause", True, f"{state['pause_ms']} ms"))
+        green_params = _host_port(ctx.dsns["green"])
+        for control in self._controls():
+            backend = control.backend()
+            where = (backend.host, str(backend.port)) if backend else None
+            checks.append(Check(f"{control.name} points at green", where == green_params,
+                                f"points at {where[0]}:{where[1]}" if where else "no entry"))
+        if self.spec.fence:
+            with connect(ctx.dsns["blue"], "blue") as conn:
+                row = conn.execute("SELECT count(*) FROM pg_db_role_setting r CROSS JOIN unnest(r.setconfig) s(v)"
+                                   " WHERE r.setdatabase = (SELECT oid FROM pg_database"
+                                   " WHERE datname = current_database()) AND s.v = 'default_transaction_read_only=on'"
+                                   ).fetchone()
+            checks.append(Check("blue is fenced (read-only)", bool(row and row[0]), ""))
+        return checks
+
+    def undo(self, ctx: StepContext) -> bool:
+        """Rollback: traffic back to blue through the same machinery, blue writable again."""
+        if not ctx.live:
+            return True
+        self._back_to_blue(ctx, ctx.get(f"cutover:{self.id}") or {})
+        ctx.put(f"cutover:{self.id}", {"phase": "reverted"})
+        ctx.reporter.note(f"{self.id}: traffic is back on blue, blue is writable")
+        return True
+
+
+def _host_port(dsn: str) -> tuple[str, str]:
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(dsn)
+    return str(params.get("host") or "127.0.0.1"), str(params.get("port") or "5432")
+

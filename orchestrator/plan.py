@@ -10,13 +10,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
 
 from . import secrets
 from .errors import PlanError, PlanProblem
@@ -250,13 +251,14 @@ def _message(err: Any, loc: Loc, data: Any) -> str:
     return secrets.redact(message)
 
 
+_ISO_DURATION = re.compile(r"^P(?:\d+D)?(?:T(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?)?$")
+
+
 def _plan_style_defaults(node: Any) -> None:
     """Pydantic writes timedelta defaults as ISO 8601 (``PT2S``); plans write ``2s``."""
     if isinstance(node, dict):
         default = node.get("default")
-        if isinstance(default, str) and default.startswith("P"):
-            from pydantic import TypeAdapter
-
+        if isinstance(default, str) and _ISO_DURATION.match(default):
             node["default"] = format_duration(TypeAdapter(timedelta).validate_python(default))
         for value in node.values():
             _plan_style_defaults(value)

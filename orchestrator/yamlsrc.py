@@ -56,9 +56,14 @@ def load(text: str, filename: str, env: Mapping[str, str]) -> Located:
     :raises PlanError: on a YAML syntax error, a duplicate or non-string key, an anchor/alias
         loop, or a variable missing from ``env`` (all problems at once, each with its line).
     """
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)  # its reader already rejects control characters
         node = loader.get_single_node()
+    except yaml.reader.ReaderError as exc:
+        at = text.count("\n", 0, exc.position) + 1
+        raise PlanError.single(filename, at, "", f"invalid YAML: character {exc.character!r} is not allowed"
+                               ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -67,7 +72,8 @@ def load(text: str, filename: str, env: Mapping[str, str]) -> Located:
     except yaml.YAMLError as exc:
         raise PlanError.single(filename, None, "", f"invalid YAML: {exc}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if node is None:
         raise PlanError.single(filename, 1, "", "the file is empty; a plan is a YAML mapping")
     converter = _Converter(filename, env, loader)

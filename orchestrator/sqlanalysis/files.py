@@ -1,0 +1,82 @@
+"""Migration files: find them by glob, give each its version (the file name's prefix), order them.
+
+A version is the file name up to its first ``_`` (``20211019000001000002`` for
+``20211019000001000002_merge.postgres.up.sql``, ``001`` for ``001_add.sql``), else up to its first
+``.``. Files apply in version order (numbers compare as numbers). A file whose name contains
+``.autocommit.`` runs statement by statement outside a transaction (popx's convention); any other
+file runs in one transaction.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_NUMBER = re.compile(r"\d+|\D+")
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationFile:
+    """One migration file and its version."""
+
+    path: Path
+    version: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def autocommit(self) -> bool:
+        return ".autocommit." in self.path.name
+
+    def read(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+
+class MigrationFilesError(ValueError):
+    """The files of a migrate step cannot be used (none found, or two with one version)."""
+
+
+def version_of(name: str) -> str:
+    """The version of a migration file name: its prefix before the first ``_`` (or ``.``)."""
+    stem = name.split("_", 1)[0] if "_" in name else name.split(".", 1)[0]
+    return stem
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key of a version: digit runs compare as numbers, the rest as text."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in _NUMBER.findall(version))
+
+
+def find(base_dir: Path, patterns: str | Iterable[str]) -> list[MigrationFile]:
+    """The files matching ``patterns`` (globs relative to ``base_dir``), in version order.
+
+    :raises MigrationFilesError: a pattern matches nothing, or two files share a version.
+    """
+    found: dict[Path, MigrationFile] = {}
+    for pattern in [patterns] if isinstance(patterns, str) else list(patterns):
+        full = pattern if Path(pattern).is_absolute() else str(base_dir / pattern)
+        matches = sorted(Path(p) for p in glob.glob(full) if Path(p).is_file())
+        if not matches:
+            raise MigrationFilesError(f"no file matches {pattern!r} (in {base_dir})")
+        for path in matches:
+            found[path.resolve()] = MigrationFile(path, version_of(path.name))
+    by_version: dict[str, MigrationFile] = {}
+    for item in found.values():
+        other = by_version.get(item.version)
+        if other is not None:
+            raise MigrationFilesError(f"{other.name} and {item.name} have the same version {item.version}: "
+                                      "narrow the glob (e.g. *.up.sql)")
+        if not item.version:
+            raise MigrationFilesError(f"{item.name}: no version prefix (name files like 001_add_index.sql)")
+        by_version[item.version] = item
+    return sorted(by_version.values(), key=lambda f: (version_key(f.version), f.name))
+
+
+def applied(version: str, recorded: set[str], prefix: int | None = None) -> bool:
+    """Whether ``version`` is in ``recorded`` (or, with ``prefix``, its first ``prefix`` characters are)."""
+    return version in recorded or (prefix is not None and version[:prefix] in recorded)

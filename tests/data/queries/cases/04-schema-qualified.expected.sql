@@ -1,0 +1,1 @@
+SELECT id, client_id, kind, at FROM audit.events ORDER BY id;

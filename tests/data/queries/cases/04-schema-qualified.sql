@@ -1,0 +1,1 @@
+SELECT * FROM audit.events ORDER BY id;

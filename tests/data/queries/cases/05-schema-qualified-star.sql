@@ -1,0 +1,1 @@
+SELECT audit.events.* FROM audit.events WHERE kind = 'login';

@@ -1,0 +1,1 @@
+SELECT "Id", "Value Text" FROM "Mixed Case";

@@ -1,0 +1,1 @@
+SELECT "M".* FROM "Mixed Case" AS "M" WHERE "M"."Id" = 1;

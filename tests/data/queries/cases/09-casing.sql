@@ -1,0 +1,1 @@
+select * from HYDRA_CLIENT where ID = 'c2';

@@ -1,0 +1,1 @@
+SELECT*FROM hydra_client WHERE id='c3';

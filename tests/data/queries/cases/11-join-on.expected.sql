@@ -1,0 +1,1 @@
+SELECT a.signature, a.request_id, a.client_id, a.subject, a.requested_at, a.expires_at, a.active, c.id, c.client_name, c.created_at, c."Owner", c."select" FROM hydra_oauth2_access a JOIN hydra_client c ON c.id = a.client_id WHERE a.subject = 'user-1';

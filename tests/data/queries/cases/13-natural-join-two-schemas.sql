@@ -1,0 +1,1 @@
+SELECT * FROM hydra_client NATURAL JOIN audit.hydra_client;

@@ -1,0 +1,1 @@
+SELECT client_id, a.signature, a.request_id, a.subject, a.requested_at, a.expires_at, a.active, e.id, e.kind, e.at FROM hydra_oauth2_access a LEFT JOIN audit.events e USING (client_id) WHERE a.signature IN ('a1', 'a2');

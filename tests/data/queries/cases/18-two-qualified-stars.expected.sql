@@ -1,0 +1,1 @@
+SELECT a.signature, a.request_id, a.client_id, a.subject, a.requested_at, a.expires_at, a.active, c.id, c.client_name, c.created_at, c."Owner", c."select" FROM hydra_oauth2_access a, hydra_client c WHERE c.id = a.client_id AND a.active;

@@ -1,0 +1,4 @@
+WITH recent AS (
+  SELECT signature, client_id FROM hydra_oauth2_access WHERE active
+)
+SELECT signature, client_id FROM recent;

@@ -1,0 +1,2 @@
+WITH r(sig, cid) AS (SELECT signature, client_id, subject FROM hydra_oauth2_access)
+SELECT * FROM r WHERE cid = 'c1';

@@ -1,0 +1,2 @@
+WITH c AS (SELECT * FROM hydra_client WHERE "select" > 0)
+SELECT * FROM c;

@@ -1,0 +1,1 @@
+SELECT * FROM active_access WHERE client_id = 'c1';

@@ -1,0 +1,1 @@
+INSERT INTO hydra_client (id, client_name) VALUES ('c9', 'New') RETURNING *;

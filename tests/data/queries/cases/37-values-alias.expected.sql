@@ -1,0 +1,1 @@
+SELECT n, word FROM (VALUES (1, 'one'), (2, 'two')) AS v(n, word);

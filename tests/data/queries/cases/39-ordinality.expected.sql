@@ -1,0 +1,1 @@
+SELECT letter, pos FROM unnest(ARRAY['x', 'y']) WITH ORDINALITY AS u(letter, pos);

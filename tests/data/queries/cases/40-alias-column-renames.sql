@@ -1,0 +1,1 @@
+SELECT * FROM hydra_client AS c(cid, cname) WHERE cid = 'c1';

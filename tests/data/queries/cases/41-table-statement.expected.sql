@@ -1,0 +1,1 @@
+SELECT id, client_name, created_at, "Owner", "select" FROM hydra_client;

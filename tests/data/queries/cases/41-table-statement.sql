@@ -1,0 +1,1 @@
+TABLE hydra_client;

@@ -1,0 +1,1 @@
+SELECT public.hydra_client.id, public.hydra_client.client_name, public.hydra_client.created_at, public.hydra_client."Owner", public.hydra_client."select", audit.hydra_client.id, audit.hydra_client.note FROM hydra_client, audit.hydra_client WHERE public.hydra_client.id = audit.hydra_client.id;

@@ -1,0 +1,1 @@
+SELECT C.* FROM hydra_client C WHERE C.ID = 'c1';

@@ -1,0 +1,1 @@
+SELECT o.* FROM client_overview o ORDER BY o.id;

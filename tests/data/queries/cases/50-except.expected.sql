@@ -1,0 +1,1 @@
+SELECT signature, request_id, client_id, subject, requested_at, expires_at, active FROM hydra_oauth2_access EXCEPT SELECT signature, request_id, client_id, subject, requested_at, expires_at, active FROM hydra_oauth2_refresh;

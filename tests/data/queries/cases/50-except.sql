@@ -1,0 +1,1 @@
+SELECT * FROM hydra_oauth2_access EXCEPT SELECT * FROM hydra_oauth2_refresh;

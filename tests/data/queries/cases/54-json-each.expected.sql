@@ -1,0 +1,1 @@
+SELECT key, value FROM jsonb_each('{"a": 1, "b": [2]}'::jsonb) AS kv;

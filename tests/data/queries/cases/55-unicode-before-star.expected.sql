@@ -1,0 +1,1 @@
+SELECT 'héllo — ✓' AS greeting, "Id", "Value Text" FROM "Mixed Case";

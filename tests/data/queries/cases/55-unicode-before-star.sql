@@ -1,0 +1,1 @@
+SELECT 'héllo — ✓' AS greeting, * FROM "Mixed Case";

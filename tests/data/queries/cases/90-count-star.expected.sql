@@ -1,0 +1,1 @@
+SELECT count(*) FROM hydra_client;

@@ -1,0 +1,2 @@
+SELECT 'SELECT * FROM t' AS q -- SELECT * here is a comment
+/* SELECT * */;

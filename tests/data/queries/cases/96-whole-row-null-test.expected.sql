@@ -1,0 +1,1 @@
+SELECT id FROM hydra_client c WHERE c.* IS NOT NULL;

@@ -138,6 +138,12 @@ def print_report(console: Console, report: RunReport) -> None:
         table.add_row("[bold]total[/bold]", "", "", f"{report.seconds:.2f}", "", cluster,
                       *(_fmt(totals[cluster][c]) for c in COUNTERS), end_section=False)
     console.print(table)
+    for step in report.steps:
+        for check in step.checks:
+            if check.get("detail"):
+                mark = "[green]ok[/green]" if check.get("ok") else "[red]FAILED[/red]"
+                console.print(f"{mark} {escape(step.id)}: {escape(str(check.get('name')))}: "
+                              f"{escape(redact(str(check['detail'])))}", soft_wrap=True)
     if report.rollback:
         console.print(f"rolled back: {', '.join(report.rollback)}")
     console.print("[dim]counters: pg_stat_database deltas of the plan's database, including concurrent "

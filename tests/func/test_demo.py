@@ -17,8 +17,11 @@ def test_demo_runs_to_its_report() -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     payload = json.loads(result.stdout)
     assert payload["status"] == "done"
-    assert [s["status"] for s in payload["steps"]] == ["done"] * 5
-    assert payload["steps"][1]["stats"]["green"]["tup_inserted"] >= 40_000  # the token rows reached green
+    steps = {s["id"]: s for s in payload["steps"]}
+    assert [s["status"] for s in payload["steps"]] == ["done"] * 8
+    assert steps["copy-data"]["stats"]["green"]["tup_inserted"] >= 40_000  # the token rows reached green
+    assert steps["extend-ttl"]["stats"]["blue"]["tup_updated"] > 0  # expiry pushed on blue
+    assert any("0 would break" in c["detail"] for c in steps["check-queries"]["checks"])
     traffic = payload["traffic"]
     assert traffic["transactions"] > 0
     assert traffic["failed"] == 0 and traffic["aborted_clients"] == 0

@@ -1,0 +1,192 @@
+"""``kind: replay``: catch up captured events onto the other cluster before cutover; report the lag.
+
+For each capture (``steps/capture.py``), the events whose transaction is not visible in the
+snapshot its table was copied under are applied on the other cluster, exactly once and for every
+row in commit order (``orchestrator/replay.py`` explains how), in rounds until the lag is at most
+``max_lag`` events. The cutover drains the rest once blue is fenced (``replay.drain``).
+
+Locks: on the source, none (reads of ``bluegreen.capture_events``). On the target, row locks of the
+rows replayed, one batch transaction at a time; no table lock.
+
+Idempotent: progress is a row of ``bluegreen.replay_progress`` on the target, updated in the same
+transaction as the events it covers; a re-run (after a crash too) continues from it and never applies
+an event twice.
+
+Undo: none. Replayed writes stay; undoing the snapshot step drops the copy and this progress with it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Literal
+
+from psycopg import sql
+from pydantic import Field
+
+from ..actions import Action, SqlAction
+from ..copy import PreconditionFailed
+from ..errors import BluegreenError, UsageError
+from ..replay import CaptureInfo, Lag, RoundResult, captures_of, close_replayer, open_replayer, snapshot_for
+from ..spec import Duration, StepSpecBase
+from . import register
+from .base import Check, Step, StepContext
+
+
+class ReplaySpec(StepSpecBase):
+    """Apply captured events to the other cluster until the lag is small; report it."""
+
+    kind: Literal["replay"]
+    captures: list[str] | None = Field(None, min_length=1, description="capture step ids (default: every capture "
+                                                                       "step of the plan)")
+    snapshot: str | None = Field(None, description="the snapshot step whose snapshot green was copied under "
+                                                   "(default: the plan's snapshot step before this one)")
+    batch_size: int | None = Field(None, ge=1, le=100_000, description="events per target transaction "
+                                                                      "(default: defaults.batch_size)")
+    max_lag: int = Field(1000, ge=0, description="stop catching up once at most this many events are pending")
+    timeout: Duration = Field(timedelta(minutes=30), description="fail if the lag is still above max_lag by then")
+
+
+@register("replay", ReplaySpec)
+class ReplayStep(Step[ReplaySpec]):
+    """Catch-up of captured events; progress on the target, exactly once."""
+
+    def _captures(self) -> list[CaptureInfo]:
+        known = captures_of(self.loaded)
+        ids = self.spec.captures if self.spec.captures is not None else list(known)
+        unknown = [c for c in ids if c not in known]
+        if unknown:
+            raise UsageError(f"step {self.id!r}: no capture step {', '.join(map(repr, unknown))} in the plan"
+                             f" (captures: {', '.join(known) or 'none'})")
+        if not ids:
+            raise UsageError(f"step {self.id!r}: the plan has no capture step to replay")
+        return [known[c] for c in ids]
+
+    def _snapshot_step(self) -> tuple[str, str] | None:
+        """``(step id, source cluster)`` of the snapshot step this replay follows."""
+        from .snapshot import SnapshotSpec
+
+        steps = self.loaded.plan.steps
+        if self.spec.snapshot is not None:
+            for spec in steps:
+                if spec.id == self.spec.snapshot and isinstance(spec, SnapshotSpec):
+                    return spec.id, spec.from_
+            raise UsageError(f"step {self.id!r}: no snapshot step {self.spec.snapshot!r} in the plan")
+        found: tuple[str, str] | None = None
+        for spec in steps:
+            if spec.id == self.id:
+                break
+            if isinstance(spec, SnapshotSpec):
+                found = (spec.id, spec.from_)
+        return found
+
+    @property
+    def batch_size(self) -> int:
+        return self.spec.batch_size or self.loaded.plan.defaults.batch_size
+
+    def plan(self, ctx: StepContext) -> Sequence[Action]:
+        actions: list[Action] = []
+        for cap in self._captures():
+            rel = cap.relation.ident
+            read = sql.SQL(
+                "SELECT seq, op, old, new FROM bluegreen.capture_events WHERE capture = {} AND seq > <after_seq>"
+                " AND NOT pg_visible_in_snapshot(xid, <base_snapshot>)"
+                " AND pg_visible_in_snapshot(xid, <round_snapshot>)"
+                " ORDER BY seq LIMIT {}").format(sql.Literal(cap.id), sql.Literal(self.batch_size))
+            actions.append(SqlAction(id=f"read_events:{self.id}:{cap.id}", target=cap.source, transactional=False,
+                                     statements=(read,),
+                                     description="round snapshot = pg_current_snapshot(); base = the copy's snapshot"))
+            if cap.replay is None:
+                apply: tuple[sql.Composed | sql.SQL, ...] = (
+                    sql.SQL("DELETE FROM {} t USING jsonb_populate_recordset(NULL::{}, <last image of each deleted"
+                            " key>) d WHERE <key> = <key>").format(rel, rel),
+                    sql.SQL("INSERT INTO {} (<shared columns>) SELECT <shared columns> FROM jsonb_populate_recordset("
+                            "NULL::{}, <last image of each upserted key>) ON CONFLICT (<key>) DO UPDATE SET ...")
+                    .format(rel, rel))
+            else:
+                apply = tuple(sql.SQL(s.text + " /* per event, pipelined */")
+                              for s in cap.replay.statements)
+            actions.append(SqlAction(
+                id=f"apply_events:{self.id}:{cap.id}", target=cap.target, transactional=True,
+                statements=(sql.SQL("SET LOCAL session_replication_role = replica") if not cap.fire_triggers
+                            else sql.SQL("SET LOCAL session_replication_role = origin"), *apply,
+                            sql.SQL("UPDATE bluegreen.replay_progress SET after_seq = <last seq>, ..."
+                                    " WHERE capture = {}").format(sql.Literal(cap.id))),
+                description=f"batches of {self.batch_size} events, exactly once"))
+        return actions
+
+    def apply(self, ctx: StepContext) -> None:
+        if not ctx.live:
+            ctx.run_actions(self.plan(ctx))
+            return
+        assert ctx.run_id is not None
+        snapshot_step = self._snapshot_step()
+        state = ctx.get(f"snapshot:{snapshot_step[0]}") if snapshot_step else None
+        deadline = time.monotonic() + self.spec.timeout.total_seconds()
+        for cap in self._captures():
+            base: str | None = None
+            if snapshot_step is not None and snapshot_step[1] == cap.source:
+                base = snapshot_for(state, cap.relation)
+                if base is None:
+                    raise PreconditionFailed(
+                        f"capture {cap.id!r}: snapshot step {snapshot_step[0]!r} recorded no snapshot for "
+                        f"{cap.relation.display} (has it run, and does it copy that table?)")
+            elif snapshot_step is None and cap.source == "blue":
+                raise PreconditionFailed(f"capture {cap.id!r}: no snapshot step before {self.id!r} to say which "
+                                         "events green already has; name one with 'snapshot:'")
+            self._catch_up(ctx, cap, base, deadline)
+
+    def _catch_up(self, ctx: StepContext, cap: CaptureInfo, base: str | None, deadline: float) -> None:
+        assert ctx.run_id is not None
+        started = time.monotonic()
+        applied = 0
+        quarantined = 0
+
+        def on_batch(done: int, seq: int) -> None:
+            ctx.progress(f"replay {cap.id} (round, up to seq {seq})", applied + done, None, "events")
+
+        replayer = open_replayer(cap, ctx.dsns, ctx.run_id, self.batch_size, on_batch)
+        try:
+            replayer.setup(base)
+            rounds = 0
+
+            def on_round(result: RoundResult, lag: Lag) -> None:
+                nonlocal applied, rounds, quarantined
+                applied += result.events
+                quarantined += result.quarantined
+                rounds += 1
+                ctx.progress(f"replay {cap.id}: lag {lag.events:,} events, {lag.seconds:.1f}s", applied, None,
+                             "events applied")
+
+            lag = replayer.catch_up(self.spec.max_lag, deadline, on_round)
+            progress = replayer.progress()
+        finally:
+            close_replayer(replayer)
+        seconds = time.monotonic() - started
+        rate = applied / seconds if seconds else 0.0
+        ctx.put(f"replay:{self.id}:{cap.id}", {"applied": applied, "total_applied": progress.applied,
+                                               "quarantined": quarantined,
+                                               "rounds": rounds, "lag_events": lag.events,
+                                               "lag_seconds": round(lag.seconds, 3), "seconds": round(seconds, 3)})
+        held = f", {quarantined:,} of them added to the quarantine" if quarantined else ""
+        ctx.reporter.note(f"replay {cap.id} onto {cap.target}: {applied:,} events in {rounds} round(s) "
+                          f"({rate:,.0f}/s){held}; lag {lag.events:,} events, oldest {lag.seconds:.1f}s")
+        if lag.events > self.spec.max_lag:
+            raise BluegreenError(f"replay of {cap.id!r} did not catch up within {self.spec.timeout}: "
+                                 f"{lag.events:,} events still pending (max_lag {self.spec.max_lag:,})")
+
+    def verify(self, ctx: StepContext) -> Sequence[Check]:
+        assert ctx.run_id is not None
+        checks: list[Check] = []
+        for cap in self._captures():
+            with ctx.connect(cap.target) as conn:
+                row = conn.execute(
+                    "SELECT rounds, applied, round_snapshot IS NULL FROM bluegreen.replay_progress"
+                    " WHERE run_id = %s AND capture = %s", (ctx.run_id, cap.id)).fetchone()
+            if row is None:
+                checks.append(Check(f"replay {cap.id}", False, f"no progress on {cap.target}"))
+                continue
+            checks.append(Check(f"replay {cap.id}", int(row[0]) >= 1,
+                                f"{row[1]} events applied in {row[0]} round(s) on {cap.target}"))
+        return checks

@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 from pydantic import Field, model_validator
 
-from .. import secrets
+from .. import replay, secrets
 from ..actions import Action, CommandAction, NoteAction, SqlAction
 from ..db import connect
 from ..errors import BluegreenError
@@ -38,7 +38,7 @@ from ..switches import Switch, command_switch, http_switch, pgbouncer_switch, sw
 from . import register
 from .base import Check, Step, StepContext
 
-GATES = ("sessions", "invalid_indexes", "targets", "sequences")
+GATES = ("sessions", "invalid_indexes", "targets", "sequences", "lag")
 
 
 class PgBouncerSwitchSpec(Model):
@@ -86,10 +86,12 @@ class CutoverSpec(StepSpecBase):
     pause_retries: int = Field(2, ge=0, le=20)
     retry_wait: Duration = timedelta(seconds=1)
     max_xact_age: Duration = Field(timedelta(seconds=5), description="gate: longest transaction on blue")
+    max_lag: int = Field(10_000, ge=0, description="gate: most captured events not yet replayed (drain)")
     fence: bool = Field(True, description="make blue read-only and end its other sessions")
     sequences: Literal["sync", "skip"] = "sync"
     drain: list[str] = Field(default_factory=list, description="capture steps whose events are drained")
-    skip_gates: list[Literal["sessions", "invalid_indexes", "targets", "sequences"]] = Field(default_factory=list)
+    skip_gates: list[Literal["sessions", "invalid_indexes", "targets", "sequences", "lag"]] = Field(
+        default_factory=list)
 
 
 class GateFailed(BluegreenError):
@@ -250,6 +252,7 @@ class Cutover(Step[CutoverSpec]):
             "invalid_indexes": lambda: self._invalid_indexes(ctx),
             "targets": lambda: self._targets(switches),
             "sequences": lambda: self._sequences_readable(ctx),
+            "lag": lambda: self._lag(ctx),
         }
         for name in GATES:
             if name in self.spec.skip_gates:
@@ -302,6 +305,14 @@ class Cutover(Step[CutoverSpec]):
                 problems.append(f"cannot read sequences on {side}: {secrets.redact(str(exc).strip())}")
         return problems
 
+    def _lag(self, ctx: StepContext) -> list[str]:
+        if not self.spec.drain or ctx.run_id is None:
+            return []
+        lags = replay.lags(ctx.loaded, ctx.dsns, ctx.run_id, self.spec.drain)
+        return [f"capture {cid} has {lag.events} events not replayed (max_lag {self.spec.max_lag}),"
+                f" the oldest {lag.seconds:.0f}s old: run its replay step first"
+                for cid, lag in lags.items() if lag.events > self.spec.max_lag]
+
     def _fence(self, ctx: StepContext) -> str | None:
         """Make blue read-only for every role and end the other sessions; return the previous setting."""
         db = self._db(ctx, "blue")
@@ -325,11 +336,10 @@ class Cutover(Step[CutoverSpec]):
     def _drain(self, ctx: StepContext) -> None:
         if not self.spec.drain:
             return
-        import importlib
-
-        replay: Any = importlib.import_module("orchestrator.replay")  # the replay engine (issue 3)
-        drained = replay.drain(ctx, self.spec.drain)
-        ctx.reporter.note(f"{self.id}: drained {drained} captured event(s) onto green")
+        assert ctx.run_id is not None
+        results = replay.drain(ctx.loaded, ctx.dsns, ctx.run_id, self.spec.drain)
+        events = sum(r.events for r in results.values())
+        ctx.reporter.note(f"{self.id}: drained {events} captured event(s) onto green inside the pause")
 
     def _sync_sequences(self, ctx: StepContext) -> None:
         with connect(ctx.dsns["blue"], "blue") as blue:

@@ -160,13 +160,16 @@ def schema(out: Annotated[Path | None, typer.Option("--out", help="write to FILE
 @app.command()
 def demo(keep: Annotated[bool, typer.Option("--keep", help="leave the servers and files for a look")] = False,
          duration: Annotated[int, typer.Option(help="seconds of pgbench traffic at least")] = 10,
+         fail_validation: Annotated[bool, typer.Option(
+             "--fail-validation", help="make a validation check fail, to show a rollback")] = False,
          as_json: JsonOpt = False) -> None:
     """Start local blue (PG 15), green (PG 18), PgBouncer and traffic; run plans/demo.yaml; print the report."""
     from .demo import run_demo
 
     console = ui.make_console(stderr=True)
     result = guard(as_json, lambda: run_demo(ui.RichReporter(console), console_note=console.print,
-                                              keep=keep, traffic_seconds=duration))
+                                              keep=keep, traffic_seconds=duration,
+                                              fail_validation=fail_validation))
     traffic = asdict(result.traffic) if result.traffic is not None else None
     if traffic is not None:
         traffic.pop("stdout", None)

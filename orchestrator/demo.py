@@ -43,7 +43,7 @@ def demo_plan_path() -> Path:
 
 
 def run_demo(reporter: Reporter, console_note: Callable[[str], object], keep: bool = False,
-             traffic_seconds: int = 10) -> DemoResult:
+             traffic_seconds: int = 10, fail_validation: bool = False) -> DemoResult:
     """Start the local servers, run the demo plan under traffic, stop everything.
 
     :param traffic_seconds: pgbench runs at least this long, and until the plan has finished.
@@ -73,24 +73,28 @@ def run_demo(reporter: Reporter, console_note: Callable[[str], object], keep: bo
 
         def bench(name: str) -> Pgbench:
             return Pgbench(blue.bins, bouncer.host, bouncer.port, DEMO_DB, password, workdir=base / "pgbench",
-                           clients=4, jobs=2, duration_s=_Traffic.ROUND_SECONDS, builtin="simple-update",
-                           name=name)
+                           clients=4, jobs=2, duration_s=_Traffic.ROUND_SECONDS,
+                           script=sql_dir() / "demo" / "traffic.pgbench", name=name)
 
         note("pgbench: initializing its tables on blue")
         Pgbench(blue.bins, blue.host, blue.port, DEMO_DB, password, workdir=base / "pgbench-init").initialize(1)
 
         env = {**os.environ, "BLUE_DSN": blue.dsn(DEMO_DB), "GREEN_DSN": green.dsn(DEMO_DB),
-               "PG_BIN": str(green.bins.bindir)}
+               "PGBOUNCER_ADMIN_DSN": bouncer.admin_dsn(), "PGBOUNCER_INI": str(bouncer.ini_path)}
+        if fail_validation:
+            env["DEMO_EXTRA_CHECK"] = "SELECT count(*) = -1 FROM hydra_client"
         loaded = load_plan(demo_plan_path(), env)
         traffic = _Traffic(bench, traffic_seconds)
         traffic.start()
         note(f"pgbench: 4 clients through PgBouncer for at least {traffic_seconds}s")
         error: BluegreenError | None = None
+        runner = Runner(loaded, reporter)
         try:
-            report = Runner(loaded, reporter).run(RunOptions())
+            report = runner.run(RunOptions())
         except BluegreenError as exc:
             error = exc
-            report = RunReport(loaded.plan.name, "run", status="failed", error=secrets.redact(str(exc)))
+            report = runner.last_report or RunReport(loaded.plan.name, "run", status="failed")
+            report.error = secrets.redact(str(exc))
         result = traffic.finish()
         summary = _summary(result, base if keep else None)
         if error is not None:

@@ -6,23 +6,41 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 from .helpers import ROOT
 
 
-def test_demo_runs_to_its_report() -> None:
+def _demo(*args: str) -> tuple[int, dict[str, Any], str]:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_DSN")}
-    result = subprocess.run([sys.executable, "-m", "orchestrator", "demo", "--duration", "3", "--json"],
+    result = subprocess.run([sys.executable, "-m", "orchestrator", "demo", "--duration", "3", "--json", *args],
                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    payload = json.loads(result.stdout)
+    return result.returncode, json.loads(result.stdout), result.stdout + result.stderr
+
+
+def test_demo_runs_the_whole_story_to_its_report() -> None:
+    code, payload, output = _demo()
+    assert code == 0, output[-4000:]
     assert payload["status"] == "done"
     steps = {s["id"]: s for s in payload["steps"]}
-    assert [s["status"] for s in payload["steps"]] == ["done"] * 8
-    assert steps["copy-data"]["stats"]["green"]["tup_inserted"] >= 40_000  # the token rows reached green
+    assert list(steps) == ["capture-refresh-revocations", "extend-ttl", "snapshot", "migrate-columns",
+                           "migrate-indexes", "check-queries", "catch-up", "cutover", "validate"]
+    assert all(s["status"] == "done" for s in payload["steps"])
+    assert steps["snapshot"]["stats"]["green"]["tup_inserted"] >= 140_000  # blue's rows reached green
     assert steps["extend-ttl"]["stats"]["blue"]["tup_updated"] > 0  # expiry pushed on blue
     assert any("0 would break" in c["detail"] for c in steps["check-queries"]["checks"])
+    assert any(c["name"] == "pause" for c in steps["cutover"]["checks"])
     traffic = payload["traffic"]
     assert traffic["transactions"] > 0
     assert traffic["failed"] == 0 and traffic["aborted_clients"] == 0
-    assert "pw-" not in result.stdout + result.stderr
+    assert "pw-" not in output
+
+
+def test_demo_with_a_failing_check_rolls_back_to_blue() -> None:
+    code, payload, output = _demo("--fail-validation")
+    assert code == 3, output[-4000:]
+    assert payload["status"] == "rolled_back"
+    assert "cutover" in payload["rollback"]
+    assert payload["traffic"]["failed"] == 0
+    assert "operator-check: returned False" in output
+    assert "traffic is back on blue, blue is writable" in output

@@ -39,9 +39,10 @@ def test_demo_plan_offline_prints_every_action() -> None:
     result = subprocess.run([sys.executable, "-m", "orchestrator", "run", "plans/demo.yaml", "--dry-run",
                              "--offline"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    for action in ("extend_ttl:extend-ttl:batches", "command:copy-schema", "command:copy-data",
-                   "sql:migrate-columns:0", "sql:migrate-indexes:0.0", "sql:migrate-indexes:0.1",
-                   "restore_ttl:restore-ttl:on-green", "sql:check-green:0"):
+    for action in ("extend_ttl:extend-ttl:batches", "sql:migrate-columns:0", "sql:migrate-indexes:0.0",
+                   "fence_blue:cutover", "switch:cutover:pgbouncer-demo",
+                   "check:validate:revocations-carried-over:blue"):
         assert f"plan {action}" in result.stderr
     assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS hydra_oauth2_access_request_id_idx" in result.stderr
-    assert "11 actions rendered, nothing written" in result.stdout
+    assert "PAUSE demo" in result.stderr and "RESUME demo" in result.stderr
+    assert "actions rendered, nothing written" in result.stdout

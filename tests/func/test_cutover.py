@@ -59,11 +59,12 @@ def test_cutover_under_pgbench_load_loses_no_transaction(dbs: Databases, bouncer
     query(dbs.blue_dsn, "CREATE SEQUENCE tickets")
     query(dbs.blue_dsn, "SELECT setval('tickets', 4242)")
     bench = Pgbench(dbs.blue.bins, bouncer.host, bouncer.port, dbs.name, pg_password, workdir=tmp_path / "load",
-                    clients=8, jobs=2, duration_s=6, builtin="simple-update")
-    bench.start()
+                    clients=8, jobs=2, duration_s=15, builtin="simple-update")
     plan = _cutover_plan(tmp_path / "plan.yaml", dbs, bouncer)
-    time.sleep(1.5)  # let load build up on blue before switching (the load, not a synchronization)
+    bench.start()
+    wait_for(lambda: scalar(dbs.blue_dsn, "SELECT count(*) FROM pgbench_history") > 500, what="load on blue")
     result = bluegreen(["run", str(plan)], cli_env(dbs))
+    assert bench.is_running(), "the load ended before the cutover: the test proves nothing"
     outcome = bench.wait(timeout=60)
     assert result.returncode == 0, result.stderr
     assert "traffic is on green" in result.stderr

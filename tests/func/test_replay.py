@@ -29,6 +29,28 @@ def _steps(batch_size: int = 200) -> str:
             f"  - {{id: catch-up, kind: replay, max_lag: 0, batch_size: {batch_size}, timeout: 2m}}\n")
 
 
+GATE = 4343  # an advisory lock the test holds to park the replay once 50 events are applied
+
+# A sql step between the snapshot and the replay: an ALWAYS trigger (it fires under the replay's
+# session_replication_role = replica) that spins while the test holds GATE, once 50 events are in.
+# It spins on pg_try_advisory_xact_lock_shared rather than waiting, so lock_timeout never ends it.
+GATE_STEP = (
+    "  - id: gate\n    kind: sql\n    on: green\n    sql: |\n"
+    "      CREATE FUNCTION park() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN\n"
+    "        IF (SELECT COALESCE(sum(applied), 0) FROM bluegreen.replay_progress) >= 50 THEN\n"
+    f"          WHILE NOT pg_try_advisory_xact_lock_shared({GATE}) LOOP PERFORM pg_sleep(0.02); END LOOP;\n"
+    "        END IF;\n"
+    "        RETURN NULL;\n"
+    "      END $f$;\n"
+    "      CREATE TRIGGER park AFTER INSERT OR UPDATE OR DELETE ON items FOR EACH ROW EXECUTE FUNCTION park();\n"
+    "      ALTER TABLE items ENABLE ALWAYS TRIGGER park;\n")
+
+
+def _parked(dsn: str) -> bool:
+    return bool(scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                            " AND query NOT LIKE '%pg_stat_activity%'"))
+
+
 def _step_done(dsn: str, step: str) -> bool:
     try:
         return bool(scalar(dsn, "SELECT EXISTS (SELECT FROM bluegreen.step_events WHERE step_id = %s"
@@ -85,8 +107,11 @@ def test_replay_under_concurrent_writes_makes_green_equal_blue(dbs: Databases, t
 
 def test_replay_killed_halfway_resumes_without_applying_twice(dbs: Databases, tmp_path: Path) -> None:
     query(dbs.blue_dsn, ITEMS)
-    plan = write_plan(tmp_path / "plan.yaml", "exact-kill", _steps(batch_size=25))
+    steps = _steps(batch_size=25).split("\n")
+    plan = write_plan(tmp_path / "plan.yaml", "exact-kill", "\n".join(steps[:2]) + "\n" + GATE_STEP + steps[2] + "\n")
     writer = Writer(dbs.blue_dsn, threads=4)
+    gate = psycopg.connect(dbs.green_dsn, autocommit=True)
+    gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
     writer.start()
     try:
         wait_for(lambda: writer.commits > 50, what="writes before the capture")
@@ -94,11 +119,13 @@ def test_replay_killed_halfway_resumes_without_applying_twice(dbs: Databases, tm
         wait_for(lambda: _step_done(dbs.blue_dsn, "snap"), timeout=120, what="the snapshot")
         at_snapshot = writer.commits
         wait_for(lambda: writer.commits > at_snapshot + 600, timeout=60, what="writes after the snapshot")
-        wait_for(lambda: _applied(dbs.green_dsn) >= 50, timeout=60, what="the replay to apply a few batches")
-        os.kill(proc.pid, signal.SIGKILL)
+        wait_for(lambda: _applied(dbs.green_dsn) >= 50 and _parked(dbs.green_dsn), timeout=60,
+                 what="the replay to apply a few batches and park on the gate")
+        os.kill(proc.pid, signal.SIGKILL)  # inside a replay batch: it never commits
         proc.communicate(timeout=30)
     finally:
         writer.stop()
+        gate.close()  # releases GATE: the parked backend finishes its loop, then its transaction aborts
     assert proc.returncode == -signal.SIGKILL
     applied_before = _applied(dbs.green_dsn)
     assert 0 < applied_before < _events_after_snapshot(dbs.blue_dsn)  # killed halfway indeed

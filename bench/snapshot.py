@@ -96,49 +96,8 @@ def generate(dsn: str, size_gb: float) -> None:
         f" 'n', g, 'tags', jsonb_build_array('a', g % 7, 'b'))"
         f" FROM generate_series({lo}, {min(lo + chunk - 1, audit)}) g"
         for lo in range(1, audit + 1, chunk)]
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        try:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                while True:
-                    with lock:
-                        if not statements:
-                            return
-                        statement = statements.pop(0)
-                    conn.execute(statement.encode())
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    index_statements = [s for s in INDEXES.strip().splitlines() if s]
-
-    def index_worker() -> None:
-        try:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                while True:
-                    with lock:
-                        if not index_statements:
-                            return
-                        statement = index_statements.pop(0)
-                    conn.execute(statement.encode())
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=index_worker) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    _run_parallel(dsn, statements, workers=3)
+    _run_parallel(dsn, [s for s in INDEXES.strip().splitlines() if s], workers=2)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM (ANALYZE, FREEZE)")
 
@@ -187,6 +146,33 @@ def ours(blue: LocalCluster, green: LocalCluster, work: Path, jobs: int, analyze
     checks = list(step.verify(ctx))
     return elapsed, checks
 
+
+
+def _run_parallel(dsn: str, statements: list[str], workers: int) -> None:
+    """Run ``statements`` on ``workers`` connections at once; raise the first error."""
+    pending = list(statements)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                while True:
+                    with lock:
+                        if not pending:
+                            return
+                        statement = pending.pop(0)
+                    conn.execute(statement.encode())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

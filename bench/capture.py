@@ -2,13 +2,13 @@
 
 Starts its own blue (PostgreSQL 15), ``pgbench -i`` at ``--scale``, then runs pgbench's built-in
 ``simple-update`` (an UPDATE of ``pgbench_accounts`` by key, a SELECT, an INSERT into
-``pgbench_history``) alternately without and with a capture of every update of ``pgbench_accounts``
+``pgbench_history``) alternately (in ABBA order) without and with a capture of every update of ``pgbench_accounts``
 (the trigger and function the ``capture`` step installs, ``sql/capture.sql``), ``--rounds`` times each,
 and compares the mean tps:
 
     capture: ours X tps (with the trigger), baseline Y tps (without), ratio X/Y (target >= 0.9)
 
-Run: .venv/bin/python bench/capture.py [--scale 10] [--clients 4] [--seconds 10] [--rounds 2]
+Run: .venv/bin/python bench/capture.py [--scale 10] [--clients 4] [--seconds 10] [--rounds 6]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
 
     base_dir = Path(tempfile.mkdtemp(prefix="bluegreen-bench-capture-"))
@@ -58,19 +58,34 @@ def main() -> int:
             conn.execute(read_sql("capture.sql").encode())
         without: list[float] = []
         with_trigger: list[float] = []
-        bench("warmup")
-        for n in range(args.rounds):
-            without.append(bench(f"without-{n}"))
+
+        def trigger(on: bool) -> int:
             with psycopg.connect(blue.dsn("bench"), autocommit=True) as conn:
-                conn.execute("CREATE TRIGGER bluegreen_capture_accounts AFTER UPDATE ON pgbench_accounts FOR EACH ROW"
-                             " EXECUTE FUNCTION bluegreen.capture_event('accounts')")
-            with_trigger.append(bench(f"with-{n}"))
-            with psycopg.connect(blue.dsn("bench"), autocommit=True) as conn:
+                if on:
+                    conn.execute("CREATE TRIGGER bluegreen_capture_accounts AFTER UPDATE ON pgbench_accounts"
+                                 " FOR EACH ROW EXECUTE FUNCTION bluegreen.capture_event('accounts')")
+                    return 0
                 conn.execute("DROP TRIGGER bluegreen_capture_accounts ON pgbench_accounts")
                 events = conn.execute("SELECT count(*) FROM bluegreen.capture_events").fetchone()
                 conn.execute("TRUNCATE bluegreen.capture_events")
-            print(f"capture: round {n + 1}: without {without[-1]:,.0f} tps, with {with_trigger[-1]:,.0f} tps"
-                  f" ({events[0] if events else 0:,} events captured)", flush=True)
+                return int(events[0]) if events else 0
+
+        bench("warmup")
+        for n in range(args.rounds):
+            # ABBA: odd rounds run the trigger first, so a drift of the machine over the run (checkpoints, the
+            # table growing, a neighbour's load) weighs on both sides alike instead of on the second one.
+            if n % 2 == 0:
+                without.append(bench(f"without-{n}"))
+                trigger(True)
+                with_trigger.append(bench(f"with-{n}"))
+                events = trigger(False)
+            else:
+                trigger(True)
+                with_trigger.append(bench(f"with-{n}"))
+                events = trigger(False)
+                without.append(bench(f"without-{n}"))
+            print(f"capture: round {n + 1}: without {without[-1]:,.0f} tps, with {with_trigger[-1]:,.0f} tps,"
+                  f" ratio {with_trigger[-1] / without[-1]:.2f} ({events:,} events captured)", flush=True)
         ours = statistics.mean(with_trigger)
         baseline = statistics.mean(without)
         ratio = ours / baseline

@@ -515,9 +515,12 @@ class Replayer:
             keys = self._columns.key
             old_key = sql.SQL(", ").join(sql.SQL("e.old ->> {}").format(sql.Literal(k)) for k in keys)
             new_key = sql.SQL(", ").join(sql.SQL("e.new ->> {}").format(sql.Literal(k)) for k in keys)
-            moved = sql.SQL(" OR ").join(sql.SQL("e.old -> {k} IS DISTINCT FROM e.new -> {k}").format(
+            moved = sql.SQL(" OR ").join(sql.SQL("(e.old -> {k})::text IS DISTINCT FROM (e.new -> {k})::text").format(
                 k=sql.Literal(k)) for k in keys)
-            # the old image only when it is needed: a delete, or an update that moves the row to another key
+            # the old image only when it is needed: a delete, or an update that moves the row to another key.
+            # The images are json (cheaper for the trigger to write than jsonb, see sql/capture.sql); a key value
+            # is compared as the text to_json wrote, which is the same for the same value of the same column.
+            # (Comparing as text and casting to json also keeps events tables of older releases, jsonb, readable.)
             query = sql.SQL("SELECT e.seq, e.op, CASE WHEN e.op = 'D' OR (e.op = 'U' AND ({})) THEN e.old::text END,"
                             " e.new::text, {}, {}").format(moved, old_key, new_key) + where.format(joins=sql.SQL(""))
             rows = self.source.execute(query, params).fetchall()
@@ -537,8 +540,8 @@ class Replayer:
                 exprs.append(sql.SQL("(CASE WHEN e.new IS NULL THEN o.{c} ELSE n.{c} END)::text").format(
                     c=sql.Identifier(name)))
         joins = sql.SQL(
-            " LEFT JOIN LATERAL jsonb_populate_record(NULL::{rel}, e.new) n ON true"
-            " LEFT JOIN LATERAL jsonb_populate_record(NULL::{rel}, e.old) o ON true").format(rel=rel)
+            " LEFT JOIN LATERAL json_populate_record(NULL::{rel}, e.new::json) n ON true"
+            " LEFT JOIN LATERAL json_populate_record(NULL::{rel}, e.old::json) o ON true").format(rel=rel)
         query = sql.SQL("SELECT e.seq, e.op{}").format(
             sql.SQL("").join(sql.SQL(", ") + x for x in exprs)) + where.format(joins=joins)
         try:
@@ -730,10 +733,12 @@ def snapshot_for(state: Any, relation: QualifiedName) -> str | None:
 
 
 def drain(loaded: LoadedPlan, dsns: dict[str, str], run_id: int, capture_ids: Iterable[str],
-          batch_size: int | None = None) -> dict[str, RoundResult]:
+          batch_size: int | None = None, from_start: bool = False) -> dict[str, RoundResult]:
     """Apply every remaining event of the given captures (the cutover calls this once blue is fenced).
 
-    Each capture's progress must exist (the ``replay`` step set it up from the snapshot).
+    Each capture's progress must exist (the ``replay`` step set it up from the snapshot), unless
+    ``from_start``: then a capture with no progress yet replays every event it holds (a reverse capture on
+    green: nothing it captured is on blue). An existing progress row is kept either way.
 
     :returns: per capture, what the last rounds applied.
     """
@@ -744,6 +749,8 @@ def drain(loaded: LoadedPlan, dsns: dict[str, str], run_id: int, capture_ids: It
             raise UsageError(f"no capture step {capture_id!r} in the plan")
         replayer = open_replayer(captures[capture_id], dsns, run_id, batch_size or loaded.plan.defaults.batch_size)
         try:
+            if from_start:
+                replayer.setup(None)
             replayer.progress()
             out[capture_id] = replayer.drain()
         finally:

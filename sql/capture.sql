@@ -16,8 +16,8 @@ CREATE TABLE IF NOT EXISTS bluegreen.capture_events (
     xid     xid8 NOT NULL,
     op      "char" NOT NULL,                 -- 'I', 'U' or 'D' (the first letter of TG_OP)
     at      timestamptz NOT NULL DEFAULT clock_timestamp(),
-    old     jsonb,
-    new     jsonb
+    old     json,                            -- json, not jsonb: see the trigger function below
+    new     json
 );
 
 -- The replay reads a capture's events in seq order above a position (filtering on capture as it goes: a
@@ -37,13 +37,15 @@ CREATE TABLE IF NOT EXISTS bluegreen.captures (
 -- roles need no privilege on the bluegreen schema. It has no SET search_path (a SET clause costs every
 -- captured write a configuration save and restore, about 8% of pgbench's tps): instead every name it
 -- uses is schema-qualified and it uses no operator, so a caller's search_path cannot redirect it. OLD is
--- NULL for an insert and NEW for a delete, and to_jsonb(NULL) is NULL.
+-- NULL for an insert and NEW for a delete, and to_json(NULL) is NULL. The images are json, not jsonb:
+-- to_json writes the row's text form straight out, while to_jsonb builds and sorts a binary tree first,
+-- a cost every captured write pays (bench/capture.py); the replay reads them once, as text.
 CREATE OR REPLACE FUNCTION bluegreen.capture_event() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
 BEGIN
     INSERT INTO bluegreen.capture_events (capture, xid, op, old, new)
     VALUES (TG_ARGV[0], pg_catalog.pg_current_xact_id(), pg_catalog.left(TG_OP, 1),
-            pg_catalog.to_jsonb(OLD), pg_catalog.to_jsonb(NEW));
+            pg_catalog.to_json(OLD), pg_catalog.to_json(NEW));
     RETURN NULL;
 END
 $fn$;

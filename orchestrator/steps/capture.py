@@ -1,7 +1,7 @@
 """``kind: capture``: a row trigger on one table appends each matching event to ``bluegreen.capture_events``.
 
 Every insert, update or delete of the table (the ``events`` chosen, filtered by an optional ``when``
-condition on ``OLD``/``NEW``) writes one event: OLD and NEW as jsonb, the writer's
+condition on ``OLD``/``NEW``) writes one event: OLD and NEW as json, the writer's
 ``pg_current_xact_id()``, a sequence number and the time. The ``replay`` step (and the cutover's
 drain) apply those events to the other cluster; see ``orchestrator/replay.py`` for the exactness
 contract.

@@ -145,6 +145,11 @@ def load_plan(path: str | Path, env: Mapping[str, str] | None = None) -> LoadedP
         plan = Plan.model_validate(located.data, context={"base_dir": str(path.parent)})
     except ValidationError as exc:
         raise PlanError(_problems(exc, located, name)) from None
+    # what steps name of earlier steps (a cutover's captures, ...): known only once every step is valid
+    references = [PlanProblem(name, located.line_of(("steps", i, *loc)), format_loc(("steps", i, *loc)), message)
+                  for i, step in enumerate(plan.steps) for loc, message in step.reference_problems(plan.steps[:i])]
+    if references:
+        raise PlanError(references)
     return LoadedPlan(plan, path.resolve(), hashlib.sha256(raw).hexdigest())
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -86,6 +87,14 @@ class StepSpecBase(Model):
     on_failure: OnFailure | None = None
     lock_timeout: Duration | None = None
     statement_timeout: Duration | None = None
+
+    def reference_problems(self, before: Sequence[StepSpecBase]) -> list[tuple[tuple[str | int, ...], str]]:
+        """What is wrong with the steps this one names among the steps ``before`` it.
+
+        :returns: ``(key path inside this step, message)`` pairs; :func:`orchestrator.plan.load_plan`
+            reports them at their line.
+        """
+        return []
 
 
 class SqlSource(Model):

@@ -13,7 +13,9 @@ a row lock on each sequence for an instant. Clients see a stall, never an error.
 
 Idempotent and crash-safe: each phase is recorded in the run state before it starts; a re-run after
 a crash inside the pause first puts everything back to blue (switches, fence, RESUME), then runs the
-whole cutover again. Undo (rollback): PAUSE, switches back to blue, unfence blue, RESUME.
+whole cutover again. Undo (rollback): PAUSE, fence green and replay onto blue what the ``reverse``
+captures recorded on green since the cutover (reverse capture), switches back to blue, unfence both,
+RESUME.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ..actions import Action, CommandAction, NoteAction, SqlAction
 from ..db import connect
 from ..errors import BluegreenError
 from ..pgbouncer import PauseTimeout, PgBouncerControl, PgBouncerError
-from ..spec import Duration, Model, StepSpecBase
+from ..spec import Duration, Model, StepSpecBase, Target
 from ..switches import Switch, command_switch, http_switch, pgbouncer_switch, switch_all
 from . import register
 from .base import Check, Step, StepContext
@@ -89,9 +91,30 @@ class CutoverSpec(StepSpecBase):
     max_lag: int = Field(10_000, ge=0, description="gate: most captured events not yet replayed (drain)")
     fence: bool = Field(True, description="make blue read-only and end its other sessions")
     sequences: Literal["sync", "skip"] = "sync"
-    drain: list[str] = Field(default_factory=list, description="capture steps whose events are drained")
+    drain: list[str] = Field(default_factory=list, description="captures on blue whose last events are replayed "
+                                                              "onto green inside the pause")
+    reverse: list[str] = Field(default_factory=list, description="captures on green (installed before the "
+                                                                "cutover) whose events are replayed onto blue "
+                                                                "when the cutover is rolled back")
     skip_gates: list[Literal["sessions", "invalid_indexes", "targets", "sequences", "lag"]] = Field(
         default_factory=list)
+
+    def reference_problems(self, before: Sequence[StepSpecBase]) -> list[tuple[tuple[str | int, ...], str]]:
+        from .capture import CaptureSpec
+
+        captures = {step.id: step for step in before if isinstance(step, CaptureSpec)}
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for key, side, why in (("drain", "blue", "replayed onto green inside the pause"),
+                               ("reverse", "green", "replayed onto blue on rollback")):
+            for i, capture_id in enumerate(getattr(self, key)):
+                capture = captures.get(capture_id)
+                if capture is None:
+                    problems.append(((key, i), f"no capture step {capture_id!r} before this cutover"
+                                               f" ('{key}' lists captures on {side}, {why})"))
+                elif capture.on != side:
+                    problems.append(((key, i), f"capture {capture_id!r} is on {capture.on}: '{key}' lists"
+                                               f" captures on {side}, {why}"))
+        return problems
 
 
 class GateFailed(BluegreenError):
@@ -313,10 +336,10 @@ class Cutover(Step[CutoverSpec]):
                 f" the oldest {lag.seconds:.0f}s old: run its replay step first"
                 for cid, lag in lags.items() if lag.events > self.spec.max_lag]
 
-    def _fence(self, ctx: StepContext) -> str | None:
-        """Make blue read-only for every role and end the other sessions; return the previous setting."""
-        db = self._db(ctx, "blue")
-        with connect(ctx.dsns["blue"], "blue") as conn:
+    def _fence(self, ctx: StepContext, side: Target = "blue") -> str | None:
+        """Make a side read-only for every role and end its other sessions; return the previous setting."""
+        db = self._db(ctx, side)
+        with connect(ctx.dsns[side], side) as conn:
             row = conn.execute(
                 "SELECT s.setting FROM pg_db_role_setting r CROSS JOIN unnest(r.setconfig) AS s(setting)"
                 " WHERE r.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())"
@@ -328,9 +351,9 @@ class Cutover(Step[CutoverSpec]):
                          " AND application_name NOT LIKE 'bluegreen%'")
         return str(row[0]) if row else None
 
-    def _unfence(self, ctx: StepContext) -> None:
-        db = self._db(ctx, "blue")
-        with connect(ctx.dsns["blue"], "blue") as conn:
+    def _unfence(self, ctx: StepContext, side: Target = "blue") -> None:
+        db = self._db(ctx, side)
+        with connect(ctx.dsns[side], side) as conn:
             conn.execute(sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(sql.Identifier(db)))
 
     def _drain(self, ctx: StepContext) -> None:
@@ -357,23 +380,45 @@ class Cutover(Step[CutoverSpec]):
                                           sql.Literal(value), sql.Identifier(schema, name)))
         ctx.reporter.note(f"{self.id}: {len(rows)} sequence(s) on green set past blue's values")
 
-    def _back_to_blue(self, ctx: StepContext, state: dict[str, Any]) -> None:
-        """Undo an interrupted or completed cutover: PAUSE, switches to blue, unfence, RESUME."""
+    def _back_to_blue(self, ctx: StepContext, state: dict[str, Any]) -> int:
+        """Undo an interrupted or completed cutover: PAUSE, reverse drain, switches to blue, unfence, RESUME.
+
+        With ``reverse`` captures, green is fenced first (read-only, its other sessions ended) so that
+        nothing is written there after the drain, then every event those captures recorded on green is
+        replayed onto blue (blue's fence does not stop bluegreen's own sessions), and green is unfenced
+        once traffic is back on blue. If the drain or a switch fails, traffic stays on green (switch_all
+        reverts the switches it did), green is unfenced and blue keeps its fence, so exactly one side is
+        writable; ``bluegreen rollback`` again retries, the drain where it stopped (its progress is kept
+        on blue). Returns the events replayed onto blue.
+        """
         controls = self._controls()
-        paused = []
         for control in controls:
             try:
                 control.pause(self.spec.pause_budget.total_seconds())
-                paused.append(control)
             except PgBouncerError as exc:
                 ctx.reporter.note(f"{self.id}: {exc}; switching back without a pause")
+        replayed = 0
+        green_fenced = back = False
         try:
+            if self.spec.reverse:
+                if self.spec.fence:
+                    self._fence(ctx, "green")
+                    green_fenced = True
+                assert ctx.run_id is not None
+                results = replay.drain(ctx.loaded, ctx.dsns, ctx.run_id, self.spec.reverse, from_start=True)
+                replayed = sum(r.events for r in results.values())
+                ctx.reporter.note(f"{self.id}: replayed {replayed} event(s) captured on green back onto blue")
             switch_all(self._switches(ctx), "blue")
+            back = True
         finally:
-            if self.spec.fence:
+            # one writable side: blue once traffic is back there, else green keeps it (and blue its fence)
+            if self.spec.fence and back:
                 self._unfence(ctx)
+            if green_fenced:
+                self._unfence(ctx, "green")
             for control in controls:
                 control.resume()
+        return replayed
 
     # -- verify and undo ---------------------------------------------------------------------------
 
@@ -401,8 +446,8 @@ class Cutover(Step[CutoverSpec]):
         """Rollback: traffic back to blue through the same machinery, blue writable again."""
         if not ctx.live:
             return True
-        self._back_to_blue(ctx, ctx.get(f"cutover:{self.id}") or {})
-        ctx.put(f"cutover:{self.id}", {"phase": "reverted"})
+        replayed = self._back_to_blue(ctx, ctx.get(f"cutover:{self.id}") or {})
+        ctx.put(f"cutover:{self.id}", {"phase": "reverted", "reverse_replayed": replayed})
         ctx.reporter.note(f"{self.id}: traffic is back on blue, blue is writable")
         return True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -160,6 +161,51 @@ def test_failed_validation_rolls_traffic_back_to_blue(dbs: Databases, bouncer: L
     assert scalar(dbs.blue_dsn, "SELECT status FROM bluegreen.runs") == "rolled_back"
 
 
+def test_rollback_replays_onto_blue_what_clients_wrote_on_green(dbs: Databases, bouncer: LocalPgBouncer,
+                                                                tmp_path: Path) -> None:
+    """Reverse capture: rows written on green between the cutover and a failed validation are on blue after."""
+    for dsn in (dbs.blue_dsn, dbs.green_dsn):
+        query(dsn, "CREATE TABLE tokens (id int PRIMARY KEY, active bool NOT NULL)")
+        query(dsn, "INSERT INTO tokens SELECT g, true FROM generate_series(1, 10) g")
+    before = """  - {id: capture-green, kind: capture, on: green, table: tokens}
+"""
+    after = """  - id: validate
+    kind: validate
+    watch: 120s
+    interval: 100ms
+    checks:
+      - {name: no-poison, sql: "SELECT NOT EXISTS (SELECT FROM tokens WHERE id = 999)"}
+"""
+    plan = _cutover_plan(tmp_path / "plan.yaml", dbs, bouncer, extra="reverse: [capture-green]",
+                         defaults="{on_failure: rollback}", after=after)
+    plan.write_text(plan.read_text().replace("steps:\n", "steps:\n" + before, 1))
+    outcome: list[subprocess.CompletedProcess[str]] = []
+    runner = threading.Thread(target=lambda: outcome.append(bluegreen(["run", str(plan)], cli_env(dbs), timeout=300)))
+    runner.start()
+    try:
+        wait_for(lambda: _server_major(bouncer, dbs.name) == 18, 120, "traffic on green")
+        with _through(bouncer, dbs.name) as conn:  # the application, now on green, one transaction per write
+            for i in range(101, 121):
+                conn.execute("INSERT INTO tokens VALUES (%s, true)", (i,))
+            conn.execute("UPDATE tokens SET active = false WHERE id = 3")
+            conn.execute("DELETE FROM tokens WHERE id = 5")
+            on_green = query(dbs.green_dsn, "SELECT id, active FROM tokens ORDER BY id")
+            conn.execute("INSERT INTO tokens VALUES (999, true)")  # the write validation catches
+    finally:
+        runner.join()
+    result = outcome[0]
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "no-poison" in result.stderr
+    assert "replayed 23 event(s) captured on green back onto blue" in result.stderr
+    assert _server_major(bouncer, dbs.name) == 15
+    on_blue = query(dbs.blue_dsn, "SELECT id, active FROM tokens ORDER BY id")
+    assert on_blue == [*on_green, (999, True)]
+    assert len(on_blue) == 10 - 1 + 20 + 1 and (3, False) in on_blue and (5, True) not in on_blue
+    query(dbs.blue_dsn, "INSERT INTO tokens VALUES (1000, true)")  # blue writable again
+    query(dbs.green_dsn, "INSERT INTO tokens VALUES (1000, true)")  # green's fence for the drain was lifted
+    assert scalar(dbs.green_dsn, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'bluegreen_capture%'") == 0
+
+
 def test_rollback_command_sends_traffic_back(dbs: Databases, bouncer: LocalPgBouncer, tmp_path: Path) -> None:
     plan = _cutover_plan(tmp_path / "plan.yaml", dbs, bouncer)
     assert bluegreen(["run", str(plan)], cli_env(dbs)).returncode == 0
@@ -191,6 +237,7 @@ def test_rollback_command_sends_traffic_back(dbs: Databases, bouncer: LocalPgBou
 
 def test_cutover_plan_renders_offline(tmp_path: Path, dbs: Databases, bouncer: LocalPgBouncer) -> None:
     plan = _cutover_plan(tmp_path / "plan.yaml", dbs, bouncer, extra="drain: [capture-tokens]")
+    plan.write_text(plan.read_text().replace("steps:\n", "steps:\n  - {id: capture-tokens, kind: capture, table: t}\n"))
     result = bluegreen(["run", str(plan), "--dry-run", "--offline"], cli_env(dbs))
     assert result.returncode == 0, result.stderr
     for text in (f"PAUSE {dbs.name}", "ALTER DATABASE", "SET default_transaction_read_only = on",

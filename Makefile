@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps install test test-unit lint demo schema clean
+.PHONY: deps install test test-unit lint demo schema clean hydra-data hydra-e2e
 
 deps:  ## system packages: PostgreSQL 15 (blue), PgBouncer; pgbench ships with PostgreSQL
 	@pkgs=""; \
@@ -31,12 +31,27 @@ test: install  ## the whole suite: unit tests, then real clusters (PG 15 blue, P
 test-unit: install
 	$(BIN)/python -m pytest tests/unit
 
+.PHONY: faults
+faults: install  ## issue #7: kill -9 at every action boundary, green restart mid-migrate, blue drop mid-copy
+	BLUEGREEN_FAULTS=all $(BIN)/python -m pytest tests/faults -q -s
+
 lint: install
-	$(BIN)/ruff check orchestrator tests
-	$(BIN)/mypy orchestrator
+	$(BIN)/ruff check orchestrator tests bench
+	$(BIN)/mypy orchestrator bench
 
 demo: install  ## local blue + green + PgBouncer + pgbench traffic, plans/demo.yaml end to end, the report
 	$(BIN)/bluegreen demo
+
+# Hydra v1.11.10 -> v2.3.0 end to end (plans/hydra.yaml). SCALE = access (and refresh) tokens generated.
+# `make hydra-e2e` (CI's small default also runs inside `make test`); `make hydra-e2e SCALE=1000000` writes
+# docs/hydra-report.md. `make hydra-data DSN=... SCALE=n` loads Hydra v1.11.10 and the population into a database.
+SCALE ?= 10000
+hydra-data: install
+	$(BIN)/bluegreen hydra-data --dsn "$(DSN)" --scale $(SCALE)
+
+hydra-e2e: install
+	HYDRA_E2E_SCALE=$(SCALE) $(if $(filter-out 10000,$(SCALE)),HYDRA_E2E_MARKDOWN=docs/hydra-report.md) \
+	  $(BIN)/python -m pytest tests/func/test_hydra_e2e.py -x -q
 
 schema: install
 	$(BIN)/bluegreen schema --out plan.schema.json

@@ -30,11 +30,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from orchestrator.actions import Action
 from orchestrator.copy.pgtools import find_tools, libpq_args, run_tool
 from orchestrator.db import LiveExecutor
 from orchestrator.localenv import LocalCluster, debian_pg, embedded_pg
@@ -136,7 +138,11 @@ def ours(blue: LocalCluster, green: LocalCluster, work: Path, jobs: int, analyze
     state: dict[str, Any] = {}
     from orchestrator.db import readonly
 
-    ctx = StepContext(loaded, 1, True, lambda actions: [executor.execute(a, 1) for a in actions],  # type: ignore[misc]
+    def run_actions(actions: Sequence[Action]) -> None:
+        for action in actions:
+            executor.execute(action, 1)
+
+    ctx = StepContext(loaded, 1, True, run_actions,
                       lambda target: readonly(dsns[target], target), dsns=dsns, put=state.__setitem__,
                       get=state.get, reporter=_Notes(), step_id="snap")
     started = time.monotonic()

@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -318,11 +319,6 @@ class Replayer:
         if not row or not row[0]:
             raise PreconditionFailed(f"capture {self.capture.id!r}: no bluegreen.capture_events on "
                                      f"{self.capture.source}: the capture step has not run")
-        # reading a capture is always "the next rows above a seq, in seq order": the (capture, seq) index. A
-        # freshly filled events table has no statistics, and a bitmap scan + sort of every remaining event per
-        # batch turns the replay quadratic; these settings only touch this session (it reads events only)
-        self.source.execute("SET enable_seqscan = off")
-        self.source.execute("SET enable_bitmapscan = off")
         if self.capture.replay is None:
             self._columns = self._default_columns()
             self._load_quarantine()
@@ -411,9 +407,6 @@ class Replayer:
         """Committed events not applied yet (as of now on the source), and the age of the oldest."""
         prog = self.progress()
         with self.source.transaction():
-            # a count over every pending event: any plan will do (the session prefers the seq index)
-            self.source.execute("SET LOCAL enable_seqscan = on")
-            self.source.execute("SET LOCAL enable_bitmapscan = on")
             row = self.source.execute(
                 "SELECT count(*), COALESCE(extract(epoch FROM clock_timestamp() - min(at)), 0)::float8"
                 " FROM bluegreen.capture_events WHERE capture = %(c)s AND xid >= pg_snapshot_xmin(%(b)s::pg_snapshot)"
@@ -449,14 +442,20 @@ class Replayer:
             prog = self.progress()
         assert prog.round is not None
         after = prog.after_seq
-        # the next batch is read from the source while this one is applied on the target
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bluegreen-replay-read") as reader:
-            pending = reader.submit(self._fetch, prog.base, prog.round, after)
+        self._summarize()
+        # One ordered read of the round's events (a cursor on the source, inside one read transaction), taken
+        # batch by batch: the next batch is fetched while this one is applied on the target.
+        with self.source.transaction(), self._round_cursor(prog.base, prog.round, after) as (cursor, convert), \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="bluegreen-replay-read") as reader:
+            def fetch() -> list[_Event]:
+                return [convert(row) for row in cursor.fetchmany(self.batch_size)]
+
+            pending = reader.submit(fetch)
             while True:
                 events = pending.result()
                 last = len(events) < self.batch_size
                 if not last:
-                    pending = reader.submit(self._fetch, prog.base, prog.round, events[-1].seq)
+                    pending = reader.submit(fetch)
                 held = self._quarantined_now
                 fallback = self._apply(events, prog, after, last)
                 result.fallbacks += int(fallback)
@@ -502,14 +501,37 @@ class Replayer:
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def _fetch(self, base: str, round_snapshot: str, after: int) -> list[_Event]:
+    def _summarize(self) -> None:
+        """Summarize the events table's new BRIN ranges, so the read below skips the ranges already replayed.
+
+        Takes SHARE UPDATE EXCLUSIVE on ``bluegreen.capture_events`` for an instant (captured writes go on).
+        Optional: without it (not the index's owner), the unsummarized ranges are simply read too.
+        """
+        try:
+            with self.source.transaction():
+                self.source.execute("SET LOCAL lock_timeout = '50ms'")  # never wait on an autovacuum (the pause)
+                self.source.execute("SELECT brin_summarize_new_values('bluegreen.capture_events_seq_brin'::regclass)")
+        except (pgerrors.InsufficientPrivilege, pgerrors.UndefinedTable, pgerrors.LockNotAvailable):
+            pass
+
+    @contextmanager
+    def _round_cursor(self, base: str, round_snapshot: str, after: int
+                      ) -> Iterator[tuple[psycopg.ServerCursor[Any], Callable[[Sequence[Any]], _Event]]]:
+        """A server-side cursor over the round's events above ``after``, in ``seq`` order, and a row converter.
+
+        The events table has no b-tree (each index entry is paid by a captured write, see sql/capture.sql):
+        the round's events are found once, through the BRIN index on ``seq`` (which prunes the summarized
+        ranges at or below ``after``) or a sequential scan, and sorted once; the cursor then hands them out
+        a batch at a time. Must run inside a transaction of ``self.source``.
+        """
         rel = sql.Identifier(self.capture.relation.schema, self.capture.relation.name)
         where = sql.SQL(
             " FROM bluegreen.capture_events e{joins}"
             " WHERE e.capture = %(c)s AND e.seq > %(a)s AND e.xid >= pg_snapshot_xmin(%(b)s::pg_snapshot)"
             " AND NOT pg_visible_in_snapshot(e.xid, %(b)s::pg_snapshot)"
-            " AND pg_visible_in_snapshot(e.xid, %(r)s::pg_snapshot) ORDER BY e.seq LIMIT %(n)s")
-        params = {"c": self.capture.id, "a": after, "b": base, "r": round_snapshot, "n": self.batch_size}
+            " AND pg_visible_in_snapshot(e.xid, %(r)s::pg_snapshot) ORDER BY e.seq")
+        params = {"c": self.capture.id, "a": after, "b": base, "r": round_snapshot}
+        convert: Callable[[Sequence[Any]], _Event]
         if self.capture.replay is None:
             assert self._columns is not None
             keys = self._columns.key
@@ -523,32 +545,42 @@ class Replayer:
             # (Comparing as text and casting to json also keeps events tables of older releases, jsonb, readable.)
             query = sql.SQL("SELECT e.seq, e.op, CASE WHEN e.op = 'D' OR (e.op = 'U' AND ({})) THEN e.old::text END,"
                             " e.new::text, {}, {}").format(moved, old_key, new_key) + where.format(joins=sql.SQL(""))
-            rows = self.source.execute(query, params).fetchall()
             n = len(keys)
-            return [_Event(r[0], r[1], r[2], r[3], tuple(r[4:4 + n]), tuple(r[4 + n:4 + 2 * n])) for r in rows]
-        exprs: list[sql.Composed | sql.SQL] = []
-        for name in self.capture.replay.params:
-            if name == "_op":
-                exprs.append(sql.SQL("CASE e.op WHEN 'I' THEN 'insert' WHEN 'U' THEN 'update' ELSE 'delete' END"))
-            elif name in ("_seq", "_at", "_xid"):
-                exprs.append(sql.SQL("e.{}::text").format(sql.Identifier(name[1:])))
-            elif name.startswith("new."):
-                exprs.append(sql.SQL("n.{}::text").format(sql.Identifier(name[4:])))
-            elif name.startswith("old."):
-                exprs.append(sql.SQL("o.{}::text").format(sql.Identifier(name[4:])))
-            else:
-                exprs.append(sql.SQL("(CASE WHEN e.new IS NULL THEN o.{c} ELSE n.{c} END)::text").format(
-                    c=sql.Identifier(name)))
-        joins = sql.SQL(
-            " LEFT JOIN LATERAL json_populate_record(NULL::{rel}, e.new::json) n ON true"
-            " LEFT JOIN LATERAL json_populate_record(NULL::{rel}, e.old::json) o ON true").format(rel=rel)
-        query = sql.SQL("SELECT e.seq, e.op{}").format(
-            sql.SQL("").join(sql.SQL(", ") + x for x in exprs)) + where.format(joins=joins)
+
+            def convert(r: Sequence[Any]) -> _Event:
+                return _Event(r[0], r[1], r[2], r[3], tuple(r[4:4 + n]), tuple(r[4 + n:4 + 2 * n]))
+        else:
+            exprs: list[sql.Composed | sql.SQL] = []
+            for name in self.capture.replay.params:
+                if name == "_op":
+                    exprs.append(sql.SQL("CASE e.op WHEN 'I' THEN 'insert' WHEN 'U' THEN 'update' ELSE 'delete' END"))
+                elif name in ("_seq", "_at", "_xid"):
+                    exprs.append(sql.SQL("e.{}::text").format(sql.Identifier(name[1:])))
+                elif name.startswith("new."):
+                    exprs.append(sql.SQL("n.{}::text").format(sql.Identifier(name[4:])))
+                elif name.startswith("old."):
+                    exprs.append(sql.SQL("o.{}::text").format(sql.Identifier(name[4:])))
+                else:
+                    exprs.append(sql.SQL("(CASE WHEN e.new IS NULL THEN o.{c} ELSE n.{c} END)::text").format(
+                        c=sql.Identifier(name)))
+            joins = sql.SQL(
+                " LEFT JOIN LATERAL json_populate_record(NULL::{rel}, e.new::json) n ON true"
+                " LEFT JOIN LATERAL json_populate_record(NULL::{rel}, e.old::json) o ON true").format(rel=rel)
+            query = sql.SQL("SELECT e.seq, e.op{}").format(
+                sql.SQL("").join(sql.SQL(", ") + x for x in exprs)) + where.format(joins=joins)
+
+            def convert(r: Sequence[Any]) -> _Event:
+                return _Event(r[0], r[1], None, None, None, None, tuple(r[2:]))
+        cursor = self.source.cursor(name=f"bluegreen_replay_{self.run_id}")
         try:
-            rows = self.source.execute(query, params).fetchall()
-        except pgerrors.UndefinedColumn as exc:
-            raise UsageError(f"replay file {self.capture.replay.source}: {_message(exc)}") from exc
-        return [_Event(r[0], r[1], None, None, None, None, tuple(r[2:])) for r in rows]
+            try:
+                cursor.execute(query, params)
+            except pgerrors.UndefinedColumn as exc:
+                source = self.capture.replay.source if self.capture.replay else self.capture.id
+                raise UsageError(f"replay file {source}: {_message(exc)}") from exc
+            yield cursor, convert
+        finally:
+            cursor.close()
 
     # -- applying ---------------------------------------------------------------------------------
 
@@ -642,7 +674,7 @@ class Replayer:
     def _apply_default(self, cur: psycopg.Cursor[Any], events: Sequence[_Event]) -> None:
         """Keep the last operation per key (in the order of those last operations), then one DELETE, one upsert.
 
-        ``old`` is set only for a delete or a key-moving update (see ``_fetch``). Events of a quarantined
+        ``old`` is set only for a delete or a key-moving update (see ``_round_cursor``). Events of a quarantined
         key are appended to its quarantine table instead.
         """
         if self._quarantined_keys:

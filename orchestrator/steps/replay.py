@@ -93,7 +93,8 @@ class ReplayStep(Step[ReplaySpec]):
                 "SELECT seq, op, old, new FROM bluegreen.capture_events WHERE capture = {} AND seq > <after_seq>"
                 " AND NOT pg_visible_in_snapshot(xid, <base_snapshot>)"
                 " AND pg_visible_in_snapshot(xid, <round_snapshot>)"
-                " ORDER BY seq LIMIT {}").format(sql.Literal(cap.id), sql.Literal(self.batch_size))
+                " ORDER BY seq  -- one cursor per round, fetched {} at a time").format(
+                sql.Literal(cap.id), sql.SQL(str(self.batch_size)))
             actions.append(SqlAction(id=f"read_events:{self.id}:{cap.id}", target=cap.source, transactional=False,
                                      statements=(read,),
                                      description="round snapshot = pg_current_snapshot(); base = the copy's snapshot"))

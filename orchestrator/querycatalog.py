@@ -26,6 +26,7 @@ from pglast.enums import AlterTableType, ObjectType
 
 from .db import readonly
 from .errors import UsageError
+from .sqlanalysis.files import SqlFileError, read_sql_text
 from .sqlanalysis.parse import SqlSyntaxError, split_statements
 from .sqlanalysis.selectstar import Relation, statement_columns
 
@@ -109,11 +110,9 @@ class QueryCatalog:
             path = Path(path)
             names.append(str(path))
             try:
-                text = path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise UsageError(f"{path}: cannot read the schema file: {exc.strerror}") from None
-            except UnicodeDecodeError as exc:
-                raise UsageError(f"{path}: not UTF-8 text ({exc.reason})") from None
+                text = read_sql_text(path)
+            except SqlFileError as exc:
+                raise UsageError(str(exc)) from None
             if path.suffix == ".json":
                 loaded = cls.from_json(text, str(path))
                 catalog.relations.update(loaded.relations)
@@ -137,19 +136,50 @@ class QueryCatalog:
     def from_json(cls, text: str, source: str = "<json>") -> QueryCatalog:
         """Read a snapshot written by :meth:`to_json`.
 
-        :raises UsageError: not such a snapshot.
+        :raises UsageError: not such a snapshot: the file, and the line (bad JSON) or the key (bad content).
         """
         try:
             data = json.loads(text)
-            if not isinstance(data, dict) or data.get("format") != FORMAT:
-                raise ValueError(f"not a {FORMAT} file (write one with rewrite-queries --save-schema)")
-            catalog = cls(search_path=tuple(data.get("search_path") or ("public",)), source=source)
-            for rel in data["relations"]:
-                catalog.add(Relation(str(rel["schema"]), str(rel["name"]), tuple(rel["columns"]),
-                                     str(rel.get("kind", "table")), tuple(rel.get("types", ()))))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"{source}: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{source}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}") from None
+        except RecursionError:
+            raise UsageError(f"{source}: not a {FORMAT} file: JSON nested too deeply") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise UsageError(f"{source}: not a {FORMAT} file (write one with rewrite-queries --save-schema)")
+        catalog = cls(search_path=_strings(data, "search_path", source) or ("public",), source=source)
+        relations = data.get("relations")
+        if not isinstance(relations, list):
+            raise UsageError(f"{source}: relations: expected a list of tables and views")
+        for i, rel in enumerate(relations):
+            where = f"relations[{i}]"
+            if not isinstance(rel, dict):
+                raise UsageError(f"{source}: {where}: expected an object with schema, name and columns")
+            names = []
+            for key in ("schema", "name"):
+                if not isinstance(rel.get(key), str) or not rel[key]:
+                    raise UsageError(f"{source}: {where}.{key}: expected a name")
+                names.append(rel[key])
+            kind = rel.get("kind", "table")
+            if not isinstance(kind, str):
+                raise UsageError(f"{source}: {where}.kind: expected a string")
+            if "columns" not in rel:
+                raise UsageError(f"{source}: {where}.columns: missing")
+            catalog.add(Relation(names[0], names[1], _strings(rel, "columns", source, f"{where}."), kind,
+                                 _strings(rel, "types", source, f"{where}.")))
         return catalog
+
+
+def _strings(data: dict[str, Any], key: str, source: str, prefix: str = "") -> tuple[str, ...]:
+    """``data[key]`` as a tuple of strings (empty when absent).
+
+    :raises UsageError: it is not a list of strings.
+    """
+    value = data.get(key, [])
+    if value is None:
+        value = []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"{source}: {prefix}{key}: expected a list of strings")
+    return tuple(value)
 
 
 def _strip_meta_commands(text: str, source: str) -> list[Any]:
@@ -182,10 +212,16 @@ class _SchemaReplay:
         for stmt in _strip_meta_commands(text, source):
             try:
                 raws = parse_sql(stmt.text)
+            except RecursionError:
+                raise UsageError(f"{source}:{stmt.line}:{stmt.column}: statement nested too deeply to read") from None
             except parser.ParseError as exc:  # split accepted it; keep the message anyway
                 raise UsageError(f"{source}:{stmt.line}:{stmt.column}: {exc}") from None
-            for raw in raws:
-                self.apply(raw.stmt)
+            try:
+                for raw in raws:
+                    self.apply(raw.stmt)
+            except RecursionError:  # a view's query deeper than Python can walk: its columns are unknown
+                raise UsageError(f"{source}:{stmt.line}:{stmt.column}: statement nested too deeply to read its"
+                                 " columns (an expression of more than a few hundred levels)") from None
 
     def lookup(self, schema: str | None, name: str) -> Relation | None:
         """Resolve names in a view's query with the replay's own search path."""

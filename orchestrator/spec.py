@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from .sqlanalysis.files import SqlFileError, read_sql_text
 from .sqlanalysis.parse import SqlSyntaxError, split_statements
 
 _MAX_SECONDS = 365 * 86400.0
@@ -129,17 +130,15 @@ class SqlSource(Model):
             if not path.is_file():
                 raise ValueError(f"no such file: {path}")
             try:
-                split_statements(path.read_text(encoding="utf-8"), str(path))
-            except SqlSyntaxError as exc:
+                split_statements(read_sql_text(path), str(path))
+            except (SqlSyntaxError, SqlFileError) as exc:
                 raise ValueError(str(exc)) from None
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}: not UTF-8 text ({exc.reason})") from None
         return value
 
     def texts(self, base_dir: Path) -> list[tuple[str, str]]:
         """Return ``(source name, SQL text)`` pairs in order."""
         if self.file is not None:
             names = [self.file] if isinstance(self.file, str) else self.file
-            return [(name, (base_dir / name).read_text(encoding="utf-8")) for name in names]
+            return [(name, read_sql_text(base_dir / name)) for name in names]
         chunks = [self.sql] if isinstance(self.sql, str) else list(self.sql or [])
         return [(f"sql[{i}]", text) for i, text in enumerate(chunks)]

@@ -30,6 +30,14 @@ def _catalog(dsn: str | None, schema: list[Path] | None, search_path: str | None
     return QueryCatalog.from_files(schema or [], path)
 
 
+def _write(path: Path, text: str) -> None:
+    """Write ``text`` as is (no newline translation: a CRLF file stays CRLF)."""
+    try:
+        path.write_text(text, encoding="utf-8", newline="")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
 def _payload(results: list[FileRewrite], written: list[str]) -> dict[str, Any]:
     return {
         "ok": True,
@@ -77,13 +85,13 @@ def rewrite_queries(
         paths = expand_paths(files or [])
         catalog = _catalog(dsn, schema, search_path)
         if save_schema is not None:
-            save_schema.write_text(catalog.to_json(), encoding="utf-8")
+            _write(save_schema, catalog.to_json())
         results = rewrite_files(paths, catalog, placeholders, display=Path.cwd())
         written = []
         if write:
             for path, result in zip(paths, results, strict=True):
                 if result.changed:
-                    path.write_text(result.text, encoding="utf-8")
+                    _write(path, result.text)
                     written.append(result.source)
         return results, written
 

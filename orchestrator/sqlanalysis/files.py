@@ -4,7 +4,8 @@ A version is the file name up to its first ``_`` (``20211019000001000002`` for
 ``20211019000001000002_merge.postgres.up.sql``, ``001`` for ``001_add.sql``), else up to its first
 ``.``. Files apply in version order (numbers compare as numbers). A file whose name contains
 ``.autocommit.`` runs statement by statement outside a transaction (popx's convention); any other
-file runs in one transaction.
+file runs in one transaction. :func:`read_sql_text` reads any SQL file (migrations, query files,
+schema files) exactly as written, or says which file and line is not UTF-8.
 """
 
 from __future__ import annotations
@@ -34,11 +35,46 @@ class MigrationFile:
         return ".autocommit." in self.path.name
 
     def read(self) -> str:
-        return self.path.read_text(encoding="utf-8")
+        """The file's text exactly as written (see :func:`read_sql_text`).
+
+        :raises MigrationFilesError: the file cannot be read or is not UTF-8 (file and line named).
+        """
+        try:
+            return read_sql_text(self.path)
+        except SqlFileError as exc:
+            raise MigrationFilesError(str(exc)) from None
 
 
 class MigrationFilesError(ValueError):
-    """The files of a migrate step cannot be used (none found, or two with one version)."""
+    """The files of a migrate step cannot be used (none found, two with one version, one unreadable)."""
+
+
+class SqlFileError(ValueError):
+    """A SQL file that cannot be read, or is not UTF-8 text; the message names the file (and the line)."""
+
+    def __init__(self, path: Path, line: int | None, message: str) -> None:
+        self.path = path
+        self.line = line
+        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+
+
+def read_sql_text(path: Path) -> str:
+    """The text of a SQL file exactly as written: UTF-8, line ends (CRLF, a lone CR) and a BOM kept.
+
+    No newline translation: a rewrite must give back every byte it does not change, and a CR inside
+    a string literal is data.
+
+    :raises SqlFileError: the file cannot be read, or is not UTF-8 (with the line of the first bad byte).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SqlFileError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SqlFileError(path, line, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def version_of(name: str) -> str:

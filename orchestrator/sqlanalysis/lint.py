@@ -11,13 +11,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .files import version_key, version_of
+from .files import SqlFileError, read_sql_text, version_key, version_of
 from .locksafe import BLOCKS, FileAnalysis, Hazard, Rewriter
 from .rules import RULES
 
 
 class LintInputError(ValueError):
-    """A path given to lint or rewrite does not exist or holds no SQL file."""
+    """A path given to lint or rewrite does not exist, holds no SQL file, cannot be read or written."""
+
+
+def _read(path: Path) -> str:
+    try:
+        return read_sql_text(path)
+    except SqlFileError as exc:
+        raise LintInputError(str(exc)) from None
 
 
 def collect(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
@@ -83,7 +90,7 @@ def lint(paths: Sequence[Path], exclude: Iterable[str] = ()) -> LintResult:
     rewriter = Rewriter()
     result = LintResult(excluded=excluded)
     for path, _ in collect(paths):
-        result.files.append(rewriter.analyze_file(path.read_text(encoding="utf-8"), str(path)))
+        result.files.append(rewriter.analyze_file(_read(path), str(path)))
     return result
 
 
@@ -157,28 +164,51 @@ class RewriteResult:
 def rewrite(paths: Sequence[Path], out: Path, allow: Iterable[str] = ()) -> RewriteResult:
     """Write the lock-safe version of every SQL file under ``paths`` into ``out``.
 
-    Files with nothing to rewrite are copied unchanged, so ``out`` is a complete set. If any
-    statement has no safe form and its rule is not in ``allow``, nothing is written.
+    Files with nothing to rewrite are copied unchanged (byte for byte), so ``out`` is a complete set.
+    If any statement has no safe form and its rule is not in ``allow``, nothing is written; nor when a
+    file is rejected (unreadable, not UTF-8, SQL the grammar refuses). Nothing is written outside
+    ``out``, never over an input file, and never two inputs into one output file.
 
-    :raises LintInputError: see :func:`collect`.
+    :raises LintInputError: see :func:`collect`; ``out`` is not a folder; two inputs share an output name;
+        an output would overwrite an input; a file cannot be read or written.
     :raises SqlSyntaxError: a file the grammar rejects.
     """
     allowed = set(allow)
     unknown = sorted(allowed - set(RULES))
     if unknown:
         raise LintInputError(f"unknown rule(s): {', '.join(unknown)}; known: {', '.join(sorted(RULES))}")
+    if out.exists() and not out.is_dir():
+        raise LintInputError(f"{out}: --out must be a folder, and this is a file")
     rewriter = Rewriter()
     result = RewriteResult()
     outputs: list[tuple[Path, str, int]] = []
-    for path, relative in collect(paths):
-        analysis = rewriter.analyze_file(path.read_text(encoding="utf-8"), str(path))
+    targets: dict[Path, Path] = {}
+    files = collect(paths)
+    inputs = {path.resolve() for path, _ in files}
+    root = out.resolve()
+    for path, relative in files:
+        target = out / relative
+        key = target.resolve()
+        if key in targets:
+            raise LintInputError(f"{targets[key]} and {path} would both be written to {target}: "
+                                 "rewrite them into separate folders")
+        if key in inputs:
+            raise LintInputError(f"{target} is one of the input files: give --out another folder")
+        if not key.is_relative_to(root):
+            raise LintInputError(f"{target} is a symbolic link to {key}, outside {out}: remove it")
+        targets[key] = path
+        analysis = rewriter.analyze_file(_read(path), str(path))
         result.refused.extend(analysis.refused(allowed))
         changed = sum(1 for s in analysis.statements if s.safe is not None)
-        outputs.append((out / relative, analysis.rewritten_text() if changed else analysis.text, changed))
+        outputs.append((target, analysis.rewritten_text() if changed else analysis.text, changed))
     if result.refused:
         return result
     for target, text, changed in outputs:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("w", encoding="utf-8", newline="") as fh:  # no newline translation
+                fh.write(text)
+        except OSError as exc:
+            raise LintInputError(f"{target}: cannot write: {exc.strerror or exc}") from None
         result.written.append((target, changed))
     return result

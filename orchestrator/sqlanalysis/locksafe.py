@@ -489,26 +489,39 @@ class Rewriter:
     def analyze_file(self, text: str, source: str) -> FileAnalysis:
         """Split, parse and analyse one file.
 
-        :raises SqlSyntaxError: where the grammar rejects the text (psql meta-commands included).
+        :raises SqlSyntaxError: where the grammar rejects the text (psql meta-commands included), or a
+            statement too deeply nested to analyse.
         """
         statements = split_statements(text, source)
         out: list[StatementAnalysis] = []
         for index, statement in enumerate(statements):
             try:
-                node = parse_sql(statement.text)[0].stmt
-            except Exception as exc:  # split already parsed it; keep the message if it ever fails
-                raise SqlSyntaxError(source, statement.line, statement.column, str(exc)) from None
-            analysis = StatementAnalysis(index, statement, node)
-            analysis.locks, analysis.rewrites = classify(node)
-            analysis.constraints = added_constraints(node, self.not_valid)
-            rewrite = _Rewrite(analysis, source)
-            self._rewrite(rewrite)
-            analysis.safe = rewrite.pieces
-            if analysis.safe is not None:
-                fix = ";\n".join(p.sql for p in analysis.safe)
-                analysis.hazards = [_with_fix(h, fix) for h in analysis.hazards]
-            out.append(analysis)
+                out.append(self._analyze(index, statement, source))
+            except RecursionError:
+                # The grammar took it, but walking or printing its tree goes deeper than Python allows:
+                # a statement whose locks are unknown cannot be called safe.
+                raise SqlSyntaxError(source, statement.line, statement.column,
+                                     "statement nested too deeply to analyse (an expression of more than a few "
+                                     "hundred levels): split it, or run it outside bluegreen") from None
         return FileAnalysis(source, text, out)
+
+    def _analyze(self, index: int, statement: Statement, source: str) -> StatementAnalysis:
+        try:
+            node = parse_sql(statement.text)[0].stmt
+        except RecursionError:
+            raise
+        except Exception as exc:  # split already parsed it; keep the message if it ever fails
+            raise SqlSyntaxError(source, statement.line, statement.column, str(exc)) from None
+        analysis = StatementAnalysis(index, statement, node)
+        analysis.locks, analysis.rewrites = classify(node)
+        analysis.constraints = added_constraints(node, self.not_valid)
+        rewrite = _Rewrite(analysis, source)
+        self._rewrite(rewrite)
+        analysis.safe = rewrite.pieces
+        if analysis.safe is not None:
+            fix = ";\n".join(p.sql for p in analysis.safe)
+            analysis.hazards = [_with_fix(h, fix) for h in analysis.hazards]
+        return analysis
 
     # -- per statement kind ------------------------------------------------------------------------
 

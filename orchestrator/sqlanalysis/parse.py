@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from pglast import parser
 
+BOM = "\ufeff"
+
 
 @dataclass(frozen=True, slots=True)
 class Statement:
@@ -44,14 +46,21 @@ def split_statements(text: str, source: str = "<sql>") -> list[Statement]:
     """Split ``text`` into statements, refusing what Postgres would refuse.
 
     psql meta-commands (``\\set``, ``\\i``...) are not SQL and are refused with their position:
-    bluegreen runs statements over the protocol, not through psql.
+    bluegreen runs statements over the protocol, not through psql. A NUL character is refused too
+    (Postgres rejects it, and the parser would silently stop reading there). A byte order mark at
+    the very start is skipped, as psql skips it; it stays in the text, outside every statement.
 
     :param text: one or more SQL statements.
     :param source: a name for messages (a file path, or ``plan.yaml: steps[2].sql``).
     :raises SqlSyntaxError: where the grammar rejects the text.
     """
+    nul = text.find("\x00")
+    if nul >= 0:
+        line, column = position(text, nul)
+        raise SqlSyntaxError(source, line, column, "NUL byte (\\x00): not allowed in SQL text")
+    parsed = " " + text[1:] if text.startswith(BOM) else text  # same length: offsets stay right
     try:
-        slices = parser.split(text, with_parser=True, only_slices=True)
+        slices = parser.split(parsed, with_parser=True, only_slices=True)
     except parser.ParseError as exc:
         message, at_ = (*exc.args, 0)[:2] if exc.args else ("syntax error", 0)
         at = at_ if isinstance(at_, int) else 0  # pglast reports str offsets
@@ -61,6 +70,10 @@ def split_statements(text: str, source: str = "<sql>") -> list[Statement]:
         msg = str(message)
         if text[at : at + 1] == "\\":
             msg = "psql meta-command: bluegreen runs plain SQL, not psql scripts"
+        elif text[at : at + 1] == BOM:
+            msg = "a byte order mark (U+FEFF) in the middle of the text: " + msg
+        elif msg.startswith("memory exhausted"):
+            msg += " (nested too deeply for the Postgres parser)"
         raise SqlSyntaxError(source, line, column, msg) from None
     statements: list[Statement] = []
     for piece in slices:

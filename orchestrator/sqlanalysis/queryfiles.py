@@ -15,6 +15,7 @@ from pathlib import Path
 from pglast import parse_sql, parser
 
 from ..errors import UsageError
+from .files import SqlFileError, read_sql_text
 from .parse import SqlSyntaxError, position, split_statements
 from .queryparams import convert
 from .selectstar import Catalog, FileRewrite, rewrite_sql
@@ -79,16 +80,14 @@ def expand_paths(paths: Iterable[Path | str], base: Path | None = None) -> list[
 
 
 def read_text(path: Path) -> str:
-    """A query file's text.
+    """A query file's text, exactly as written (line ends kept).
 
-    :raises UsageError: unreadable or not UTF-8.
+    :raises UsageError: unreadable or not UTF-8 (the file and line named).
     """
     try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        return read_sql_text(path)
+    except SqlFileError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def queries(text: str, source: str, placeholders: str = "auto") -> list[Query]:

@@ -584,6 +584,8 @@ class _Analyzer:
             else:
                 names, refs = self._expand_qualified(ref, scope)
             if self.text is not None:
+                if not refs:  # SELECT s.* FROM (SELECT FROM t) s: nothing to write in its place
+                    raise _Unresolved("it stands for no column at all: there is no column list to write")
                 if ref.location is None and table_stmt is not None:
                     self._splice_table(table_stmt, names, refs)
                 else:
@@ -932,6 +934,10 @@ def _safety_belt(original: str, rewritten: str, splices: list[_Splice]) -> str |
     return None
 
 
+_TOO_DEEP = ("nested too deeply to analyse (an expression of more than a few hundred levels): left as written;"
+             " any star in it is not expanded")
+
+
 def rewrite_sql(text: str, catalog: Catalog, source: str = "<sql>", placeholders: str = "auto") -> FileRewrite:
     """Expand the stars of every statement in ``text`` against ``catalog``.
 
@@ -947,27 +953,17 @@ def rewrite_sql(text: str, catalog: Catalog, source: str = "<sql>", placeholders
     splices: list[tuple[int, int, str, _Splice]] = []  # original start, end, replacement
     for stmt in statements:
         try:
-            raws = parse_sql(stmt.text)
+            notes, own = _statement_stars(stmt.text, catalog)
         except parser.ParseError as exc:  # split accepted it: should not happen
             line, column = position(text, converted.to_original(stmt.offset))
             raise SqlSyntaxError(source, line, column, str(exc)) from None
-        analyzer = _Analyzer(catalog, stmt.text)
-        for raw in raws:
-            analyzer.statement(raw.stmt)
-        own = sorted(analyzer.splices, key=lambda s: s.start)
-        if own:
-            rewritten = _apply(stmt.text, [(s.start, s.end, s.text) for s in own])
-            problem = _safety_belt(stmt.text, rewritten, own)
-            if problem is not None:
-                for s in own:
-                    analyzer.notes.append(_Note(s.start, stmt.text[s.start:s.end], f"not rewritten: {problem}",
-                                                "unresolved"))
-                own = []
+        except RecursionError:  # the grammar took it, but its tree is deeper than Python can walk
+            notes, own = [_Note(0, "statement", _TOO_DEEP, "unresolved")], []
         for s in own:
             start = converted.to_original(stmt.offset + s.start)
             end = converted.to_original(stmt.offset + s.end)
             splices.append((start, end, s.text, s))
-        for note in analyzer.notes:
+        for note in notes:
             line, column = position(text, converted.to_original(stmt.offset + note.offset))
             result.kept.append(StarKept(line, column, note.text, note.reason, note.kind))
     splices.sort(key=lambda s: s[0])
@@ -977,6 +973,25 @@ def rewrite_sql(text: str, catalog: Catalog, source: str = "<sql>", placeholders
         result.changes.append(StarChange(line, column, text[start:end], ", ".join(s.refs), s.columns))
     result.kept.sort(key=lambda k: (k.line, k.column))
     return result
+
+
+def _statement_stars(text: str, catalog: Catalog) -> tuple[list[_Note], list[_Splice]]:
+    """The notes and the star replacements of one statement (none if the safety belt refuses them).
+
+    :raises parser.ParseError: the statement does not parse.
+    :raises RecursionError: its tree is too deep to walk.
+    """
+    analyzer = _Analyzer(catalog, text)
+    for raw in parse_sql(text):
+        analyzer.statement(raw.stmt)
+    own = sorted(analyzer.splices, key=lambda s: s.start)
+    if own:
+        problem = _safety_belt(text, _apply(text, [(s.start, s.end, s.text) for s in own]), own)
+        if problem is not None:
+            for s in own:
+                analyzer.notes.append(_Note(s.start, text[s.start:s.end], f"not rewritten: {problem}", "unresolved"))
+            own = []
+    return analyzer.notes, own
 
 
 def _apply(text: str, splices: list[tuple[int, int, str]]) -> str:

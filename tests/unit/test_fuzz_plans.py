@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from fuzz_support import FUZZ, mutated, runner
+from hypothesis import given
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from orchestrator.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = [p.read_text() for p in sorted((ROOT / "tests" / "data" / "plans" / "good").glob("*.yaml"))]
-runner = CliRunner()
 
 KEYS = ["version", "name", "clusters", "blue", "green", "dsn", "defaults", "steps", "id", "kind", "on", "sql",
         "file", "argv", "env", "timeout", "lock_timeout", "rollback", "transaction", "on_failure", "control",
@@ -54,39 +53,11 @@ def structured_plans(draw: st.DrawFn) -> str:
     return yaml.safe_dump(plan, allow_unicode=True)
 
 
-@st.composite
-def mutated_plans(draw: st.DrawFn) -> str:
-    text = draw(st.sampled_from(SEEDS))
-    for _ in range(draw(st.integers(1, 4))):
-        lines = text.split("\n")
-        op = draw(st.sampled_from(["drop_char", "insert", "drop_line", "dup_line", "swap", "indent"]))
-        if op == "drop_char" and text:
-            i = draw(st.integers(0, len(text) - 1))
-            text = text[:i] + text[i + 1:]
-        elif op == "insert":
-            i = draw(st.integers(0, len(text)))
-            text = text[:i] + draw(st.sampled_from(["{", "}", "[", ":", "-", "\t", " ", "'", '"', "&a", "*a", "\x00",
-                                                    "${", "\n", "é", "#"])) + text[i:]
-        elif op == "drop_line" and len(lines) > 1:
-            del lines[draw(st.integers(0, len(lines) - 1))]
-            text = "\n".join(lines)
-        elif op == "dup_line":
-            i = draw(st.integers(0, len(lines) - 1))
-            lines.insert(i, lines[i])
-            text = "\n".join(lines)
-        elif op == "swap" and len(lines) > 1:
-            i, j = draw(st.integers(0, len(lines) - 1)), draw(st.integers(0, len(lines) - 1))
-            lines[i], lines[j] = lines[j], lines[i]
-            text = "\n".join(lines)
-        elif op == "indent":
-            i = draw(st.integers(0, len(lines) - 1))
-            lines[i] = "  " + lines[i]
-            text = "\n".join(lines)
-    return text
+def mutated_plans() -> st.SearchStrategy[str]:
+    return mutated(SEEDS)  # characters and lines dropped, duplicated, swapped, replaced (fuzz_support)
 
 
 any_plan = st.one_of(mutated_plans(), structured_plans(), st.text(max_size=200))
-FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
 def _invoke(args: list[str], text: str) -> None:

@@ -225,6 +225,7 @@ class SnapshotEngine:
                  "snapshot": snap.snapshot, "snapshot_id": snap.id,
                  "sequences": {s.relation.display: [s.last_value, s.is_called] for s in catalog.sequences}}
         self.hooks.put(self.state_key, state)
+        _fault("after", f"export_snapshot:{self.step_id}")
         self.hooks.note(f"snapshot {snap.snapshot} exported by {self.source} (attempt {attempt}); pg_dump "
                         f"{tools.major} from {tools.bindir}")
         result = Result(snap, catalog, attempt)
@@ -238,10 +239,12 @@ class SnapshotEngine:
             shutil.rmtree(work, ignore_errors=True)
         if opts.analyze:
             lap = time.monotonic()
+            _fault("before", f"analyze:{self.step_id}")
             self.hooks.progress("analyze", 0, 1, "")
             target.execute("ANALYZE")
             self.hooks.progress("analyze", 1, 1, "")
             result.totals.lap("analyze", lap)
+            _fault("after", f"analyze:{self.step_id}")
         for parent, leaves in catalog.parents.items():
             values = {result.table_snapshots[leaf] for leaf in leaves if leaf in result.table_snapshots}
             if len(values) == 1:
@@ -301,6 +304,7 @@ class SnapshotEngine:
         run_tool([tools.tool("pg_dump"), "--format=custom", "--schema-only", f"--snapshot={snap.id}",
                   *opts.dump_filters(), f"--file={archive}", f"--dbname={src_info}"], src_env, "pg_dump --schema-only",
                  timeout=opts.tool_timeout)
+        _fault("after", f"dump_schema:{self.step_id}")
         entries = self._without_own_triggers(snap, parse_toc(run_tool(
             [tools.tool("pg_restore"), "--list", str(archive)], dst_env, "pg_restore --list")))
         post_ids = {e.dump_id for e in parse_toc(run_tool(
@@ -318,6 +322,7 @@ class SnapshotEngine:
                       f"--use-list={pre}", *owner_flags, f"--dbname={dst_info}", str(archive)], dst_env,
                      "pg_restore --section=pre-data", timeout=opts.tool_timeout)
             self.hooks.progress("schema", 1, 1, "")
+            _fault("after", f"restore_pre_data:{self.step_id}")
         elif present < len(catalog.tables):
             raise PreconditionFailed(f"{self.target} holds {present} of the {len(catalog.tables)} tables to copy, "
                                      "but their schema is restored in one transaction: clean the target "
@@ -347,9 +352,11 @@ class SnapshotEngine:
                       f"--use-list={listing}", *owner_flags, f"--dbname={dst_info}", str(archive)], dst_env,
                      "pg_restore --section=post-data", timeout=opts.tool_timeout)
             self.hooks.progress("indexes and constraints", len(post), len(post), "objects")
+        _fault("after", f"restore_post_data:{self.step_id}")
         for seq in catalog.sequences:
             target.execute("SELECT setval(%s::regclass, %s, %s)", (seq.relation.display, seq.last_value,
                                                                   seq.is_called))
+        _fault("after", f"set_sequences:{self.step_id}")
         lap = result.totals.lap("indexes and constraints", lap)
         self._refresh_matviews(snap, target, catalog)
         result.totals.lap("sequences and views", lap)
@@ -706,7 +713,10 @@ def _fault(point: str, what: str) -> None:
     """SIGKILL this process at a point named by ``BLUEGREEN_FAULT``, as the runner does for actions.
 
     ``during:copy_table:<step>:<table>`` (mid-COPY), ``after:copy_table:...`` (after its commit),
-    ``before:restore_post_data:<step>``, ``after:pg_restore:<step>`` (method dump): the crash tests' hooks.
+    ``before:restore_post_data:<step>``, ``after:pg_restore:<step>`` (method dump): the crash tests' hooks;
+    and at the boundaries of the phases the dry run renders as actions (tests/faults): ``after:`` of
+    ``export_snapshot``, ``dump_schema``, ``restore_pre_data``, ``restore_post_data``, ``set_sequences``,
+    and ``before:``/``after:analyze``, each ``:<step>``.
     """
     if os.environ.get(FAULT_ENV) == f"{point}:{what}":
         os.kill(os.getpid(), signal.SIGKILL)

@@ -137,6 +137,13 @@ class SnapshotStep(Step[SnapshotSpec]):
         except MissingBinary:
             return PgTools(Path("$PG_BIN"), 0)
 
+    def _prepare_target(self) -> SqlAction:
+        """``bluegreen.snapshot_tables`` on the target (the copy's per-table progress), under an advisory lock."""
+        return SqlAction(
+            id=f"prepare_target:{self.id}", target=self.spec.to,
+            statements=(sql.SQL("SELECT pg_advisory_xact_lock(25191, 5)"), sql.SQL(read_sql("snapshot.sql"))),
+            description="bluegreen.snapshot_tables on the target")
+
     def plan(self, ctx: StepContext) -> Sequence[Action]:
         spec = self.spec
         opts = self.options()
@@ -144,7 +151,7 @@ class SnapshotStep(Step[SnapshotSpec]):
         src = secrets.redact_dsn(libpq_args(ctx.dsns.get(spec.from_, "") or "dbname=blue")[0])
         dst = secrets.redact_dsn(libpq_args(ctx.dsns.get(spec.to, "") or "dbname=green")[0])
         catalog = self._catalog_for_plan(ctx)
-        actions: list[Action] = [SqlAction(
+        actions: list[Action] = [self._prepare_target(), SqlAction(
             id=f"export_snapshot:{self.id}", target=spec.from_, transactional=False,
             statements=(sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
                         sql.SQL("SELECT pg_export_snapshot(), pg_current_snapshot()")),
@@ -233,10 +240,7 @@ class SnapshotStep(Step[SnapshotSpec]):
             return
         assert ctx.run_id is not None
         # a journaled action first: it marks the step as touched, so a failed run's rollback cleans green
-        ctx.run_actions([SqlAction(
-            id=f"prepare_target:{self.id}", target=self.spec.to,
-            statements=(sql.SQL("SELECT pg_advisory_xact_lock(25191, 5)"), sql.SQL(read_sql("snapshot.sql"))),
-            description="bluegreen.snapshot_tables on the target")])
+        ctx.run_actions([self._prepare_target()])
         self.close()
         engine = SnapshotEngine(self.id, ctx.run_id, ctx.dsns, self.spec.from_, self.spec.to, self.options(),
                                 Hooks(progress=ctx.progress, note=ctx.reporter.note, put=ctx.put, get=ctx.get))

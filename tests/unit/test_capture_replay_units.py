@@ -109,9 +109,9 @@ def test_snapshot_dry_run_offline_describes_every_phase(tmp_path: Path) -> None:
     ctx = _offline_ctx(loaded)
     ctx.dsns.update({"blue": ENV["BLUE_DSN"], "green": ENV["GREEN_DSN"]})
     actions = step.plan(ctx)
-    assert [a.id for a in actions] == ["export_snapshot:snap", "dump_schema:snap", "restore_pre_data:snap",
-                                       "copy_tables:snap", "restore_post_data:snap", "set_sequences:snap",
-                                       "analyze:snap"]
+    assert [a.id for a in actions] == ["prepare_target:snap", "export_snapshot:snap", "dump_schema:snap",
+                                       "restore_pre_data:snap", "copy_tables:snap", "restore_post_data:snap",
+                                       "set_sequences:snap", "analyze:snap"]
     text = "\n".join(render(a) for a in actions)
     assert "secret-pw" not in text
     assert "--exclude-schema=bluegreen --exclude-schema=bluegreen_quarantine --exclude-schema=audit" in text

@@ -13,8 +13,6 @@ hook of the crash tests.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from .errors import (
     UsageError,
     ValidationFailed,
 )
+from .faults import fault
 from .journal import Journal
 from .plan import LoadedPlan
 from .report import RunReport, StatsReader, StepReport, delta
@@ -46,11 +45,6 @@ class RunOptions:
     dry_run: bool = False
     offline: bool = False
     restart: bool = False
-
-
-def _fault(point: str, action_id: str) -> None:
-    if os.environ.get("BLUEGREEN_FAULT") == f"{point}:{action_id}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Runner:
@@ -321,14 +315,14 @@ class _Execution:
                 continue
             self.journal.record(self.run_id, step.id, phase, "started", action_id=action.id)
             self.reporter.action_started(step.id, action)
-            _fault("before", action.id)
+            fault("before", action.id)
             try:
                 result = self.executor.execute(action, self.run_id)
             except ActionFailed as exc:
                 self.journal.record(self.run_id, step.id, phase, "failed", action_id=action.id,
                                     detail={"error": str(exc)})
                 raise
-            _fault("after", action.id)
+            fault("after", action.id)
             self.journal.record(self.run_id, step.id, phase, "done", action_id=action.id,
                                 detail=_result_detail(result))
             sr.actions_run += 1

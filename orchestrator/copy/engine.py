@@ -20,6 +20,12 @@ capture was installed before the first snapshot, so events between the two snaps
 
 ``method: dump`` is ``pg_dump -Fd --jobs N --snapshot`` then ``pg_restore --jobs N``; it is resumed
 by cleaning the target and starting again.
+
+Crash points (``orchestrator/faults.py``, for the fault suite): ``during:copy_table:<step>:<table>``
+(mid-COPY), ``after:copy_table:...`` (after its commit), ``before:restore_post_data:<step>``,
+``after:pg_restore:<step>`` (method dump), and ``after:`` each phase the dry run renders
+(``export_snapshot``, ``dump_schema``, ``restore_pre_data``, ``restore_post_data``, ``set_sequences``),
+``before:``/``after:analyze``, each ``:<step>``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ import fcntl
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -46,6 +51,7 @@ from psycopg import sql
 from .. import secrets
 from ..db import connect
 from ..errors import BluegreenError
+from ..faults import fault
 from ..sqlfiles import read_sql
 from . import PreconditionFailed
 from .catalog import OWN_SCHEMAS, Catalog, Table, preflight, read_catalog, target_leftovers
@@ -55,7 +61,6 @@ from .pgtools import PgTools, TocEntry, die_with_parent, find_tools, libpq_args,
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-FAULT_ENV = "BLUEGREEN_FAULT"
 STATE_LOCK = 5
 TRIGGER_PREFIX = "bluegreen_"
 _F_SETPIPE_SZ = 1031
@@ -225,7 +230,7 @@ class SnapshotEngine:
                  "snapshot": snap.snapshot, "snapshot_id": snap.id,
                  "sequences": {s.relation.display: [s.last_value, s.is_called] for s in catalog.sequences}}
         self.hooks.put(self.state_key, state)
-        _fault("after", f"export_snapshot:{self.step_id}")
+        fault("after", f"export_snapshot:{self.step_id}")
         self.hooks.note(f"snapshot {snap.snapshot} exported by {self.source} (attempt {attempt}); pg_dump "
                         f"{tools.major} from {tools.bindir}")
         result = Result(snap, catalog, attempt)
@@ -239,12 +244,12 @@ class SnapshotEngine:
             shutil.rmtree(work, ignore_errors=True)
         if opts.analyze:
             lap = time.monotonic()
-            _fault("before", f"analyze:{self.step_id}")
+            fault("before", f"analyze:{self.step_id}")
             self.hooks.progress("analyze", 0, 1, "")
             target.execute("ANALYZE")
             self.hooks.progress("analyze", 1, 1, "")
             result.totals.lap("analyze", lap)
-            _fault("after", f"analyze:{self.step_id}")
+            fault("after", f"analyze:{self.step_id}")
         for parent, leaves in catalog.parents.items():
             values = {result.table_snapshots[leaf] for leaf in leaves if leaf in result.table_snapshots}
             if len(values) == 1:
@@ -286,7 +291,7 @@ class SnapshotEngine:
                   f"--dbname={dst_info}", str(folder)], dst_env, "pg_restore", timeout=opts.tool_timeout)
         self.hooks.progress("pg_restore", 1, 1, "")
         result.totals.lap("pg_restore", lap)
-        _fault("after", f"pg_restore:{self.step_id}")
+        fault("after", f"pg_restore:{self.step_id}")
         for table in result.catalog.tables:
             result.table_snapshots[table.display] = snap.snapshot
         result.totals.tables = len(result.catalog.tables)
@@ -304,7 +309,7 @@ class SnapshotEngine:
         run_tool([tools.tool("pg_dump"), "--format=custom", "--schema-only", f"--snapshot={snap.id}",
                   *opts.dump_filters(), f"--file={archive}", f"--dbname={src_info}"], src_env, "pg_dump --schema-only",
                  timeout=opts.tool_timeout)
-        _fault("after", f"dump_schema:{self.step_id}")
+        fault("after", f"dump_schema:{self.step_id}")
         entries = self._without_own_triggers(snap, parse_toc(run_tool(
             [tools.tool("pg_restore"), "--list", str(archive)], dst_env, "pg_restore --list")))
         post_ids = {e.dump_id for e in parse_toc(run_tool(
@@ -322,7 +327,7 @@ class SnapshotEngine:
                       f"--use-list={pre}", *owner_flags, f"--dbname={dst_info}", str(archive)], dst_env,
                      "pg_restore --section=pre-data", timeout=opts.tool_timeout)
             self.hooks.progress("schema", 1, 1, "")
-            _fault("after", f"restore_pre_data:{self.step_id}")
+            fault("after", f"restore_pre_data:{self.step_id}")
         elif present < len(catalog.tables):
             raise PreconditionFailed(f"{self.target} holds {present} of the {len(catalog.tables)} tables to copy, "
                                      "but their schema is restored in one transaction: clean the target "
@@ -343,7 +348,7 @@ class SnapshotEngine:
         self._copy_parts(snap, target, parts, catalog, result, src_info, src_env, early, build)
         lap = result.totals.lap("data", lap)  # and the indexes of the tables done meanwhile
 
-        _fault("before", f"restore_post_data:{self.step_id}")
+        fault("before", f"restore_post_data:{self.step_id}")
         post = self._missing_on_target(snap, target, post)
         if post:
             self.hooks.progress("indexes and constraints", 0, len(post), "objects")
@@ -352,11 +357,11 @@ class SnapshotEngine:
                       f"--use-list={listing}", *owner_flags, f"--dbname={dst_info}", str(archive)], dst_env,
                      "pg_restore --section=post-data", timeout=opts.tool_timeout)
             self.hooks.progress("indexes and constraints", len(post), len(post), "objects")
-        _fault("after", f"restore_post_data:{self.step_id}")
+        fault("after", f"restore_post_data:{self.step_id}")
         for seq in catalog.sequences:
             target.execute("SELECT setval(%s::regclass, %s, %s)", (seq.relation.display, seq.last_value,
                                                                   seq.is_called))
-        _fault("after", f"set_sequences:{self.step_id}")
+        fault("after", f"set_sequences:{self.step_id}")
         lap = result.totals.lap("indexes and constraints", lap)
         self._refresh_matviews(snap, target, catalog)
         result.totals.lap("sequences and views", lap)
@@ -610,7 +615,7 @@ class SnapshotEngine:
                             if self._cancel.is_set():
                                 raise BluegreenError(f"copy of {table.display} abandoned: another table failed")
                             copy.write(chunk)
-                            _fault("during", f"copy_table:{self.step_id}:{table.display}")
+                            fault("during", f"copy_table:{self.step_id}:{table.display}")
                             copied += len(chunk)
                             with self._lock:
                                 self._streamed += len(chunk)
@@ -630,7 +635,7 @@ class SnapshotEngine:
                     " seconds = %s, done_at = clock_timestamp() WHERE run_id = %s AND step_id = %s"
                     " AND relation = %s AND part = %s",
                     (snap.snapshot, rows, copied, seconds, self.run_id, self.step_id, table.display, part.part))
-            _fault("after", f"copy_table:{self.step_id}:{table.display}")
+            fault("after", f"copy_table:{self.step_id}:{table.display}")
             return rows, copied, seconds
         except psycopg.Error as exc:
             raise BluegreenError(f"copying {table.display} into {self.target} failed: {_pg_message(exc)}") from exc
@@ -707,19 +712,6 @@ class SnapshotEngine:
         if earlier and not quiet:
             self.hooks.note(f"{len(earlier)} index(es)/constraint(s) were restored by an earlier attempt and are kept")
         return keep
-
-
-def _fault(point: str, what: str) -> None:
-    """SIGKILL this process at a point named by ``BLUEGREEN_FAULT``, as the runner does for actions.
-
-    ``during:copy_table:<step>:<table>`` (mid-COPY), ``after:copy_table:...`` (after its commit),
-    ``before:restore_post_data:<step>``, ``after:pg_restore:<step>`` (method dump): the crash tests' hooks;
-    and at the boundaries of the phases the dry run renders as actions (tests/faults): ``after:`` of
-    ``export_snapshot``, ``dump_schema``, ``restore_pre_data``, ``restore_post_data``, ``set_sequences``,
-    and ``before:``/``after:analyze``, each ``:<step>``.
-    """
-    if os.environ.get(FAULT_ENV) == f"{point}:{what}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def clean_target(conn: psycopg.Connection[Any], schemas: Sequence[str], run_id: int, step_id: str) -> None:

@@ -21,7 +21,8 @@ RESUME.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,7 @@ from .. import replay, secrets
 from ..actions import Action, CommandAction, NoteAction, SqlAction
 from ..db import connect
 from ..errors import BluegreenError
+from ..faults import fault
 from ..pgbouncer import PauseTimeout, PgBouncerControl, PgBouncerError
 from ..spec import Duration, Model, StepSpecBase, Target
 from ..switches import Switch, command_switch, http_switch, pgbouncer_switch, switch_all
@@ -243,18 +245,28 @@ class Cutover(Step[CutoverSpec]):
         try:
             ctx.put(key, {"phase": "pausing"})
             for control in controls:
-                control.pause(self.spec.pause_budget.total_seconds())
-                paused.append(control)
+                with self._boundary(f"pause:{self.id}:{control.database}"):
+                    control.pause(self.spec.pause_budget.total_seconds())
+                    paused.append(control)
             ctx.put(key, {"phase": "paused"})
             if self.spec.fence:
-                previous = self._fence(ctx)
-                fenced = True
-                ctx.put(key, {"phase": "fenced", "read_only_before": previous})
-            self._drain(ctx)
+                with self._boundary(f"fence_blue:{self.id}"):
+                    previous = self._fence(ctx)
+                    fenced = True
+                    ctx.put(key, {"phase": "fenced", "read_only_before": previous})
+            if self.spec.drain:
+                with self._boundary(f"drain:{self.id}"):
+                    self._drain(ctx)
             if self.spec.sequences == "sync":
-                self._sync_sequences(ctx)
+                with self._boundary(f"sync_sequences:{self.id}"):
+                    self._sync_sequences(ctx)
             ctx.put(key, {"phase": "switching", "read_only_before": None})
+            names = [f"switch:{self.id}:{self._switch_name(i, sw)}" for i, sw in enumerate(self.spec.switches)]
+            for name in names:
+                fault("before", name)
             switch_all(switches, "green")
+            for name in names:
+                fault("after", name)
             ctx.put(key, {"phase": "switched"})
         except BaseException:
             if fenced:
@@ -263,8 +275,17 @@ class Cutover(Step[CutoverSpec]):
                 control.resume()
             raise
         for control in paused:
-            control.resume()
+            with self._boundary(f"resume:{self.id}:{control.database}"):
+                control.resume()
         return time.monotonic() - started
+
+    @staticmethod
+    @contextmanager
+    def _boundary(action_id: str) -> Iterator[None]:
+        """The crash points of a phase the dry run renders as ``action_id`` (``orchestrator/faults.py``)."""
+        fault("before", action_id)
+        yield
+        fault("after", action_id)
 
     # -- pieces ------------------------------------------------------------------------------------
 

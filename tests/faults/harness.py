@@ -235,14 +235,19 @@ def rendered_actions(target: Target, dbs: Databases) -> list[tuple[str, str, str
     return [(a["step"], kinds[a["step"]], a["action"]) for a in payload["rendered"]]
 
 
-# Points the copy engine (orchestrator/copy/engine.py) fires inside a snapshot's actions, by the action the
-# dry run renders: each phase's end (its start is the previous one's end), ``copy_table:<step>:<table>``
-# mid-stream and after its commit. Every other action fires only if the runner runs it
-# (``Runner._run_actions``): steps that run their own actions (extend_ttl, check_queries, replay, cutover,
-# validate, a fast migrate's index builds) have no hook, and the suite parks them on a gate instead.
+# Points fired by steps that run their own work (orchestrator/faults.py), by the action the dry run renders.
+# The copy engine (orchestrator/copy/engine.py): each phase's end (its start is the previous one's end),
+# ``copy_table:<step>:<table>`` mid-stream and after its commit. The cutover: before and after each phase
+# of the pause (PAUSE, fence, drain, sequences, switches, RESUME). Every other action fires only if the
+# runner runs it (``Runner._run_actions``): the remaining steps that run their own actions (extend_ttl,
+# check_queries, replay, validate, a fast migrate's index builds) have no hook, and the suite parks them on
+# a gate instead.
 ENGINE_POINTS = {"export_snapshot": ("after",), "dump_schema": ("after",), "restore_pre_data": ("after",),
                  "copy_table": ("during", "after"), "restore_post_data": ("before", "after"),
-                 "set_sequences": ("after",), "analyze": ("before", "after")}
+                 "set_sequences": ("after",), "analyze": ("before", "after"),
+                 "pause": ("before", "after"), "fence_blue": ("before", "after"), "drain": ("before", "after"),
+                 "sync_sequences": ("before", "after"), "switch": ("before", "after"),
+                 "resume": ("before", "after")}
 
 
 @dataclass(frozen=True)
@@ -316,6 +321,8 @@ class Reference:
     unhooked: list[str]  # actions the dry run rendered that have no BLUEGREEN_FAULT hook
     seconds: float
     rows: dict[str, set[str]] = field(default_factory=dict)  # every table's rows, to show a difference
+    database: str = ""  # the reference run's database name: action ids that name it (a PgBouncer entry) get
+    # each case's own name instead
 
 
 def reference_run(target: Target, blue: LocalCluster, green: LocalCluster) -> Reference:
@@ -333,7 +340,7 @@ def reference_run(target: Target, blue: LocalCluster, green: LocalCluster) -> Re
         rows = {key[6:]: table_rows(dbs.green_dsn, key[6:], target.volatile, target.mask)
                 for key in state if key.startswith("table ")}
         return Reference(state, points.points, [a for a in journaled if a not in rendered], points.unhooked,
-                         seconds, rows)
+                         seconds, rows, dbs.name)
 
 
 def _explain(target: Target, dbs: Databases, reference: Reference, diff: list[str]) -> list[str]:
@@ -372,7 +379,8 @@ def sigkill_case(target: Target, point: str, reference: Reference, blue: LocalCl
     started = time.monotonic()
     try:
         with fresh(target, blue, green) as dbs:
-            crashed = target.run(dbs, BLUEGREEN_FAULT=point)
+            crashed = target.run(dbs, BLUEGREEN_FAULT=point.replace(reference.database, dbs.name)
+                                 if reference.database else point)
             outcome.first_code = crashed.returncode
             assert crashed.returncode == -signal.SIGKILL, (
                 f"{target.name} {point}: expected death by SIGKILL, the run exited {crashed.returncode}"

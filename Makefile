@@ -50,7 +50,7 @@ hydra-data: install
 	$(BIN)/bluegreen hydra-data --dsn "$(DSN)" --scale $(SCALE)
 
 hydra-e2e: install
-	HYDRA_E2E_SCALE=$(SCALE) $(if $(filter-out 10000,$(SCALE)),HYDRA_E2E_MARKDOWN=docs/hydra-report.md) \
+	HYDRA_E2E_SCALE=$(SCALE) $(if $(filter-out 10000,$(SCALE)),HYDRA_E2E_MARKDOWN=docs/hydra-report.md HYDRA_E2E_LOG=/tmp/hydra-e2e.log) \
 	  $(BIN)/python -m pytest tests/func/test_hydra_e2e.py -x -q
 
 schema: install

@@ -1,5 +1,8 @@
 """``bluegreen demo``: local blue (PG 15) + green (PG 18) + PgBouncer + pgbench traffic, one full run.
 
+A run is a scenario (``DemoScenario``: plans/demo.yaml on a small token store; ``orchestrator.hydra.scenario``:
+plans/hydra.yaml on Hydra v1.11.10 at scale), on the same servers, traffic loop and report.
+
 Everything lives in a temporary directory and is stopped at the end (unless ``keep``). Library code:
 it reports through the Reporter and a ``note`` callback, and returns the run report plus a summary
 of the client traffic (failed transactions, latency), so the CLI decides what to print.
@@ -9,13 +12,15 @@ from __future__ import annotations
 
 import os
 import secrets as pysecrets
+import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from . import secrets
 from .errors import BluegreenError, LocalEnvError
@@ -35,11 +40,87 @@ class DemoResult:
     traffic: PgbenchResult | None
     summary: str
     exit_code: int
+    # what the scenario's side traffic recorded (hydra: consent revocations), for the caller and the tests
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def demo_plan_path() -> Path:
     """``plans/demo.yaml`` in a checkout, or the copy shipped inside the wheel."""
     return sql_dir().parent / "plans" / "demo.yaml"
+
+
+@dataclass
+class Servers:
+    """The local servers of one scenario run (blue, green, PgBouncer in front of blue) and its workspace."""
+
+    base: Path
+    blue: LocalCluster
+    green: LocalCluster
+    bouncer: LocalPgBouncer
+    password: str
+
+
+class Scenario(Protocol):
+    """What differs between ``bluegreen demo`` runs: the database, its plan, the load and the side traffic."""
+
+    name: str
+    dbname: str
+    plan_path: Path
+    clients: int
+
+    def prepare(self, servers: Servers, note: Callable[[str], object]) -> None:
+        """Load blue (the servers are up, the database exists on both sides, PgBouncer is not started)."""
+
+    def pgbench_script(self) -> Path: ...
+
+    def pgbench_args(self) -> list[str]: ...
+
+    def env(self, servers: Servers) -> dict[str, str]:
+        """Variables for the plan, beside BLUE_DSN, GREEN_DSN, PGBOUNCER_ADMIN_DSN, PGBOUNCER_INI."""
+
+    def start_side_traffic(self, servers: Servers) -> None: ...
+
+    def finish_side_traffic(self) -> dict[str, Any]: ...
+
+    def after_run(self, servers: Servers) -> dict[str, Any]:
+        """Read the outcome off both clusters before they stop (for the report and the tests)."""
+
+
+class DemoScenario:
+    """``make demo``: a small Hydra-like token store (sql/demo/) and plans/demo.yaml."""
+
+    name = "demo"
+    dbname = DEMO_DB
+    clients = 4
+
+    def __init__(self, fail_validation: bool = False) -> None:
+        self.fail_validation = fail_validation
+        self.plan_path = demo_plan_path()
+
+    def prepare(self, servers: Servers, note: Callable[[str], object]) -> None:
+        with servers.blue.connect(DEMO_DB) as conn:
+            conn.execute(read_sql("demo/blue.sql").encode())
+        note("pgbench: initializing its tables on blue")
+        Pgbench(servers.blue.bins, servers.blue.host, servers.blue.port, DEMO_DB, servers.password,
+                workdir=servers.base / "pgbench-init").initialize(1)
+
+    def pgbench_script(self) -> Path:
+        return sql_dir() / "demo" / "traffic.pgbench"
+
+    def pgbench_args(self) -> list[str]:
+        return []
+
+    def env(self, servers: Servers) -> dict[str, str]:
+        return {"DEMO_EXTRA_CHECK": "SELECT count(*) = -1 FROM hydra_client"} if self.fail_validation else {}
+
+    def start_side_traffic(self, servers: Servers) -> None:
+        return None
+
+    def finish_side_traffic(self) -> dict[str, Any]:
+        return {}
+
+    def after_run(self, servers: Servers) -> dict[str, Any]:
+        return {}
 
 
 def run_demo(reporter: Reporter, console_note: Callable[[str], object], keep: bool = False,
@@ -49,44 +130,51 @@ def run_demo(reporter: Reporter, console_note: Callable[[str], object], keep: bo
     :param traffic_seconds: pgbench runs at least this long, and until the plan has finished.
     :raises LocalEnvError: a server or a binary is missing (the message says what to install).
     """
+    return run_scenario(DemoScenario(fail_validation), reporter, console_note, keep, traffic_seconds)
+
+
+def run_scenario(scenario: Scenario, reporter: Reporter, console_note: Callable[[str], object], keep: bool = False,
+                 traffic_seconds: int = 10) -> DemoResult:
+    """Start blue (PG 15), green (PG 18) and PgBouncer, load blue, run the scenario's plan under pgbench traffic
+    through PgBouncer (and its side traffic), stop everything (unless ``keep``)."""
     password = "pw-" + pysecrets.token_urlsafe(12)
     secrets.register(password)
     note = console_note
     with ExitStack() as stack:
-        base = Path(tempfile.mkdtemp(prefix="bluegreen-demo-"))
-        note(f"demo workspace: {base}")
+        base = Path(tempfile.mkdtemp(prefix=f"bluegreen-{scenario.name}-"))
+        if not keep:
+            stack.callback(shutil.rmtree, base, True)  # last: after the servers are gone
+        note(f"{scenario.name} workspace: {base}")
         blue = LocalCluster("blue", debian_pg(15), base, password)
         green = LocalCluster("green", embedded_pg(), base, password)
         for cluster in (blue, green):
             note(f"starting {cluster.name}: PostgreSQL {cluster.bins.major} ({cluster.bins.bindir})")
             cluster.start()
             if not keep:
-                stack.callback(cluster.stop)
-            cluster.create_database(DEMO_DB)
-        with blue.connect(DEMO_DB) as conn:
-            conn.execute(read_sql("demo/blue.sql").encode())
+                stack.callback(cluster.destroy)  # stops it, then deletes its files
+            cluster.create_database(scenario.dbname)
         bouncer = LocalPgBouncer(base, blue.host, blue.port, password)
+        servers = Servers(base, blue, green, bouncer, password)
+        scenario.prepare(servers, note)
         bouncer.start()
         if not keep:
-            stack.callback(bouncer.stop)
+            stack.callback(bouncer.destroy)
         note(f"PgBouncer on port {bouncer.port} (transaction pooling) in front of blue")
 
         def bench(name: str) -> Pgbench:
-            return Pgbench(blue.bins, bouncer.host, bouncer.port, DEMO_DB, password, workdir=base / "pgbench",
-                           clients=4, jobs=2, duration_s=_Traffic.ROUND_SECONDS,
-                           script=sql_dir() / "demo" / "traffic.pgbench", name=name)
+            return Pgbench(blue.bins, bouncer.host, bouncer.port, scenario.dbname, password,
+                           workdir=base / "pgbench", clients=scenario.clients, jobs=2,
+                           duration_s=_Traffic.ROUND_SECONDS, script=scenario.pgbench_script(),
+                           extra_args=scenario.pgbench_args(), name=name)
 
-        note("pgbench: initializing its tables on blue")
-        Pgbench(blue.bins, blue.host, blue.port, DEMO_DB, password, workdir=base / "pgbench-init").initialize(1)
-
-        env = {**os.environ, "BLUE_DSN": blue.dsn(DEMO_DB), "GREEN_DSN": green.dsn(DEMO_DB),
-               "PGBOUNCER_ADMIN_DSN": bouncer.admin_dsn(), "PGBOUNCER_INI": str(bouncer.ini_path)}
-        if fail_validation:
-            env["DEMO_EXTRA_CHECK"] = "SELECT count(*) = -1 FROM hydra_client"
-        loaded = load_plan(demo_plan_path(), env)
+        env = {**os.environ, "BLUE_DSN": blue.dsn(scenario.dbname), "GREEN_DSN": green.dsn(scenario.dbname),
+               "PGBOUNCER_ADMIN_DSN": bouncer.admin_dsn(), "PGBOUNCER_INI": str(bouncer.ini_path),
+               **scenario.env(servers)}
+        loaded = load_plan(scenario.plan_path, env)
         traffic = _Traffic(bench, traffic_seconds)
         traffic.start()
-        note(f"pgbench: 4 clients through PgBouncer for at least {traffic_seconds}s")
+        scenario.start_side_traffic(servers)
+        note(f"pgbench: {scenario.clients} clients through PgBouncer for at least {traffic_seconds}s")
         error: BluegreenError | None = None
         runner = Runner(loaded, reporter)
         try:
@@ -95,12 +183,15 @@ def run_demo(reporter: Reporter, console_note: Callable[[str], object], keep: bo
             error = exc
             report = runner.last_report or RunReport(loaded.plan.name, "run", status="failed")
             report.error = secrets.redact(str(exc))
+        finally:
+            extra = scenario.finish_side_traffic()
         result = traffic.finish()
+        extra.update(scenario.after_run(servers))
         summary = _summary(result, base if keep else None)
         if error is not None:
             summary = f"{summary}\nthe run failed: {secrets.redact(str(error))}"
-            return DemoResult(report, result, summary, error.exit_code)
-        return DemoResult(report, result, summary, 0 if result is not None and result.ok else 1)
+            return DemoResult(report, result, summary, error.exit_code, extra)
+        return DemoResult(report, result, summary, 0 if result is not None and result.ok else 1, extra)
     raise LocalEnvError("unreachable")  # pragma: no cover (ExitStack does not swallow)
 
 

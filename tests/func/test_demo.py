@@ -24,7 +24,8 @@ def test_demo_runs_the_whole_story_to_its_report() -> None:
     assert payload["status"] == "done"
     steps = {s["id"]: s for s in payload["steps"]}
     assert list(steps) == ["capture-refresh-revocations", "extend-ttl", "snapshot", "migrate-columns",
-                           "migrate-indexes", "check-queries", "catch-up", "cutover", "validate"]
+                           "migrate-indexes", "check-queries", "catch-up", "capture-green-accounts",
+                           "capture-green-revocations", "cutover", "validate"]
     assert all(s["status"] == "done" for s in payload["steps"])
     assert steps["snapshot"]["stats"]["green"]["tup_inserted"] >= 140_000  # blue's rows reached green
     assert steps["extend-ttl"]["stats"]["blue"]["tup_updated"] > 0  # expiry pushed on blue

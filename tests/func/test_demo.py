@@ -45,3 +45,4 @@ def test_demo_with_a_failing_check_rolls_back_to_blue() -> None:
     assert payload["traffic"]["failed"] == 0
     assert "operator-check: returned False" in output
     assert "traffic is back on blue, blue is writable" in output
+    assert "event(s) captured on green back onto blue" in output  # the reverse captures drained first

@@ -101,7 +101,7 @@ class _Converter:
         if isinstance(node, yaml.SequenceNode):
             return [self.convert(item, (*loc, i)) for i, item in enumerate(node.value)]
         assert isinstance(node, yaml.ScalarNode)
-        value = self.loader.construct_object(node, deep=True)
+        value = self._construct(node, loc)
         if isinstance(value, str):
             return self._expand(value, node, loc)
         return value
@@ -136,7 +136,19 @@ class _Converter:
             return None
         if node.tag == "tag:yaml.org,2002:bool":
             return node.value
-        return self.loader.construct_object(node, deep=True)
+        return self._construct(node, None)
+
+    def _construct(self, node: yaml.ScalarNode, loc: Loc | None) -> Any:
+        """A scalar's value; a tag the safe loader does not know (``!foo``), or a value its tag cannot
+        read (``!!int abc``), is a problem at its line, not an exception."""
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:
+            message = f"invalid YAML: {exc.problem or exc}"
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+            message = f"invalid YAML: {node.tag} value {node.value!r}: {exc}"
+        self.problem(node, loc or (), message)
+        return None
 
     def _expand(self, value: str, node: yaml.Node, loc: Loc) -> str:
         def substitute(match: re.Match[str]) -> str:

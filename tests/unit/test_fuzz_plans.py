@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 from fuzz_support import FUZZ, mutated, runner
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from orchestrator.cli import app
@@ -77,11 +77,15 @@ def _invoke(args: list[str], text: str) -> None:
 
 @FUZZ
 @given(any_plan)
+@example("!0")  # a tag the safe loader does not know: was a ConstructorError traceback
+@example("version: !!int abc\nname: x")  # a value its tag cannot read: was a ValueError
 def test_validate_never_crashes(text: str) -> None:
     _invoke(["validate", "PLAN"], text)
 
 
 @FUZZ
 @given(any_plan)
+@example("!0")  # a tag the safe loader does not know: was a ConstructorError traceback
+@example("version: !!int abc\nname: x")  # a value its tag cannot read: was a ValueError
 def test_dry_run_offline_never_crashes(text: str) -> None:
     _invoke(["run", "PLAN", "--dry-run", "--offline"], text)

@@ -24,6 +24,17 @@ from .harness import TALLY, Target, own_pgbouncer
 HERE = Path(__file__).resolve().parent
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without ``BLUEGREEN_FAULTS=all`` (make faults), the cases marked ``faults_all`` are not collected (not
+    skipped): plain pytest runs only the slice ``make test`` can afford."""
+    if os.environ.get("BLUEGREEN_FAULTS") == "all":
+        return
+    dropped = [item for item in items if item.get_closest_marker("faults_all")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not item.get_closest_marker("faults_all")]
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if TALLY.outcomes:
         terminalreporter.write_line(TALLY.summary())
@@ -80,20 +91,17 @@ def hydra_target(blue: LocalCluster, fault_bouncer: LocalPgBouncer) -> Iterator[
     """plans/hydra.yaml on blue loaded once into a template database (Hydra v1.11.10 with its testdata, a
     population of ``HYDRA_TOKENS`` tokens at a fixed time, the rows that break 2.x); every case copies it."""
     plan = HERE.parents[1] / "plans" / "hydra.yaml"
-    try:
-        from orchestrator.hydra import (
-            REVOCATION_LOG,
-            Scale,
-            apply_like_popx,
-            inject_bad_rows,
-            migrations,
-            populate,
-            with_testdata,
-        )
-    except ImportError as exc:  # not landed yet
-        pytest.skip(f"orchestrator.hydra is not there yet: {exc}")
-    if not plan.exists():
-        pytest.skip(f"{plan} is not there yet")
+    from orchestrator.hydra import (
+        REVOCATION_LOG,
+        Scale,
+        apply_like_popx,
+        inject_bad_rows,
+        migrations,
+        populate,
+        with_testdata,
+    )
+
+    assert plan.exists(), f"{plan} is missing"
     template = f"faults_hydra_{os.getpid()}"
     blue.create_database(template)
     try:

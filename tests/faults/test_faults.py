@@ -122,7 +122,7 @@ def _params(gates: list[Gate], known: dict[str, str]) -> list[Any]:
     for gate in gates:
         marks = [pytest.mark.xfail(strict=True, reason=known[gate.label])] if gate.label in known else []
         if not ALL and gate.label not in QUICK_GATES:
-            marks.append(pytest.mark.skip(reason="BLUEGREEN_FAULTS=all (make faults) runs it"))
+            marks.append(pytest.mark.faults_all)
         out.append(pytest.param(gate, id=gate.label.split(" (")[0], marks=marks))
     return out
 
@@ -136,14 +136,14 @@ def test_sigkill_mid_action(gate: Gate, own_target: Target, blue: LocalCluster, 
     _report(gated_case(own_target, gate, "sigkill-mid", ref, blue, green, sigkill))
 
 
-@pytest.mark.skipif(not ALL, reason="BLUEGREEN_FAULTS=all (make faults) runs it")
+@pytest.mark.faults_all
 def test_green_restarted_mid_migrate(own_target: Target, blue: LocalCluster, restartable_green: LocalCluster) -> None:
     ref = _reference(own_target, blue, restartable_green)
     gate = Gate("green restart mid-migrate (gate 7001)", "green", "SELECT pg_advisory_lock(7001)")
     _report(gated_case(own_target, gate, "green-restart", ref, blue, restartable_green, restart(restartable_green)))
 
 
-@pytest.mark.skipif(not ALL, reason="BLUEGREEN_FAULTS=all (make faults) runs it")
+@pytest.mark.faults_all
 def test_blue_connection_dropped_mid_copy(own_target: Target, blue: LocalCluster, green: LocalCluster) -> None:
     ref = _reference(own_target, blue, green)
     # Green's copy of the last table (the smallest: workers take the largest first) waits on a lock the test
@@ -160,7 +160,7 @@ HYDRA_SAMPLE = int(os.environ.get("BLUEGREEN_FAULTS_HYDRA_SAMPLE") or 20)
 
 
 @pytest.mark.timeout(1800)
-@pytest.mark.skipif(not ALL, reason="BLUEGREEN_FAULTS=all (make faults) runs it")
+@pytest.mark.faults_all
 def test_hydra_runs_are_comparable(hydra_target: Target, blue: LocalCluster, green: LocalCluster) -> None:
     """Two uninterrupted runs of the Hydra plan leave the same green (else the comparison means nothing)."""
     ref = _reference(hydra_target, blue, green)
@@ -169,6 +169,6 @@ def test_hydra_runs_are_comparable(hydra_target: Target, blue: LocalCluster, gre
 
 
 @pytest.mark.timeout(7200)
-@pytest.mark.skipif(not ALL, reason="BLUEGREEN_FAULTS=all (make faults) runs it")
+@pytest.mark.faults_all
 def test_hydra_sigkill_sample(hydra_target: Target, blue: LocalCluster, green: LocalCluster) -> None:
     _sigkill_points(hydra_target, blue, green, HYDRA_SAMPLE)

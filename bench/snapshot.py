@@ -13,17 +13,25 @@ pg_dump found, PostgreSQL 18):
   sequences), through the same code path as ``bluegreen run``; ``analyze: false`` unless
   ``--analyze``, since pg_restore does not ANALYZE either (the same end state on both sides).
 
+Before every timed run both clusters take a CHECKPOINT and the OS page cache is written back
+(``sync``): the clusters run with ``fsync = off``, so otherwise the gigabytes the previous run (or the
+generation) left dirty are written out by the kernel during the next run. One untimed copy first creates
+green's WAL files (see ``min_wal_size`` in SETTINGS: without it the first pairs were ~30% slower on both
+sides). Autovacuum is off. Then ``--repeat`` pairs (default 3) alternate baseline and ours, each pair's
+ratio printed; the verdict is on the ratio of the medians.
+
 Ours is then verified (row counts and checksums against blue, untimed). Prints:
 
     snapshot: copy X s, dump+restore Y s, ratio X/Y (target <= 0.5)
     snapshot: ours X MB/s, baseline Y MB/s (of N MB on blue)
 
-Run: .venv/bin/python bench/snapshot.py [--size 1.5] [--jobs 2] [--analyze]
+Run: .venv/bin/python bench/snapshot.py [--size 1.5] [--jobs 2] [--analyze] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -46,7 +54,14 @@ from orchestrator.steps import StepContext, build_step
 
 PASSWORD = "pw-bench-snapshot"
 SETTINGS = {"shared_buffers": "'256MB'", "maintenance_work_mem": "'256MB'", "max_wal_size": "'8GB'",
-            "checkpoint_timeout": "'30min'", "max_parallel_maintenance_workers": "1", "work_mem": "'16MB'"}
+            "checkpoint_timeout": "'30min'", "max_parallel_maintenance_workers": "1", "work_mem": "'16MB'",
+            # autovacuum analyzes (and vacuums) the million-row tables one side has just loaded while the other
+            # side's run is being timed: off, so neither pays for the other (neither side ANALYZEs; see --analyze)
+            "autovacuum": "off",
+            # a fresh cluster creates (zero-fills) a new 16 MB WAL file for every segment it writes, until its
+            # checkpoints have learnt how much WAL a run writes and recycle enough: the first timed pairs were
+            # ~30% slower on both sides. min_wal_size keeps the files of the untimed warm-up for every timed run.
+            "min_wal_size": "'4GB'"}
 
 SCHEMA = """
 CREATE TABLE hydra_client (id text PRIMARY KEY, client_name text NOT NULL, secret text NOT NULL,
@@ -104,7 +119,16 @@ def generate(dsn: str, size_gb: float) -> None:
         conn.execute("VACUUM (ANALYZE, FREEZE)")
 
 
+def settle(blue: LocalCluster, green: LocalCluster) -> None:
+    """Start a timed run from a clean state: no dirty buffers on either cluster, none in the OS page cache."""
+    for cluster in (blue, green):
+        with cluster.connect("postgres") as conn:
+            conn.execute("CHECKPOINT")
+    os.sync()
+
+
 def baseline(blue: LocalCluster, green: LocalCluster, work: Path, jobs: int) -> float:
+    settle(blue, green)
     tools = find_tools(None, max(blue.bins.major, green.bins.major))
     src, src_env = libpq_args(blue.dsn("hydra"))
     dst, dst_env = libpq_args(green.dsn("baseline"))
@@ -126,6 +150,7 @@ class _Notes(Reporter):
 
 
 def ours(blue: LocalCluster, green: LocalCluster, work: Path, jobs: int, analyze: bool) -> tuple[float, list[Any]]:
+    settle(blue, green)
     plan = work / "plan.yaml"
     plan.write_text("version: 1\nname: bench-snapshot\nclusters:\n"
                     f'  blue: {{dsn: "{blue.dsn("hydra")}"}}\n  green: {{dsn: "{green.dsn("ours")}"}}\n'
@@ -180,12 +205,17 @@ def _run_parallel(dsn: str, statements: list[str], workers: int) -> None:
     if errors:
         raise errors[0]
 
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=float, default=1.5, help="GB of data (tables and indexes) on blue")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--analyze", action="store_true", help="let the step ANALYZE (pg_restore does not)")
-    parser.add_argument("--repeat", type=int, default=1, help="alternate baseline and ours N times; medians")
+    parser.add_argument("--repeat", type=int, default=3, help="alternate baseline and ours N times; medians")
     args = parser.parse_args()
 
     base_dir = Path(tempfile.mkdtemp(prefix="bluegreen-bench-snapshot-"))
@@ -208,6 +238,10 @@ def main() -> int:
         ours_runs: list[float] = []
         failed: list[Any] = []
         checks: list[Any] = []
+        warm, _ = ours(blue, green, _mkdir(base_dir / "warmup"), args.jobs, args.analyze)
+        green.drop_database("ours")
+        green.create_database("ours")
+        print(f"snapshot: warm-up copy {warm:.1f} s (untimed: writes green's first WAL files)", flush=True)
         for n in range(args.repeat):
             work = base_dir / f"work{n}"
             work.mkdir()
@@ -220,7 +254,8 @@ def main() -> int:
             elapsed, checks = ours(blue, green, work, args.jobs, args.analyze)
             ours_runs.append(elapsed)
             failed += [c for c in checks if not c.ok]
-            print(f"snapshot: pair {n + 1}: copy {elapsed:.1f} s, dump+restore {base_runs[-1]:.1f} s", flush=True)
+            print(f"snapshot: pair {n + 1}: copy {elapsed:.1f} s, dump+restore {base_runs[-1]:.1f} s,"
+                  f" ratio {elapsed / base_runs[-1]:.2f}", flush=True)
         base_s = statistics.median(base_runs)
         ours_s = statistics.median(ours_runs)
         print(f"snapshot: verify of ours: {len(checks) - len(failed)}/{len(checks)} checks ok"

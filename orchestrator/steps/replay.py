@@ -3,7 +3,9 @@
 For each capture (``steps/capture.py``), the events whose transaction is not visible in the
 snapshot its table was copied under are applied on the other cluster, exactly once and for every
 row in commit order (``orchestrator/replay.py`` explains how), in rounds until the lag is at most
-``max_lag`` events. The cutover drains the rest once blue is fenced (``replay.drain``).
+``max_lag`` events. With several captures it works in passes, one capture after another, until at the
+end of a pass every capture's lag is under ``max_lag`` (:func:`catch_up_all`). The cutover drains the
+rest once blue is fenced (``replay.drain``).
 
 Locks: on the source, none (reads of ``bluegreen.capture_events``). On the target, row locks of the
 rows replayed, one batch transaction at a time; no table lock.
@@ -18,9 +20,10 @@ Undo: none. Replayed writes stay; undoing the snapshot step drops the copy and t
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
 from psycopg import sql
 from pydantic import Field
@@ -28,7 +31,7 @@ from pydantic import Field
 from ..actions import Action, SqlAction
 from ..copy import PreconditionFailed
 from ..errors import BluegreenError, UsageError
-from ..replay import CaptureInfo, Lag, RoundResult, captures_of, close_replayer, open_replayer, snapshot_for
+from ..replay import CaptureInfo, Lag, Replayer, RoundResult, captures_of, close_replayer, open_replayer, snapshot_for
 from ..spec import Duration, StepSpecBase
 from . import register
 from .base import Check, Step, StepContext
@@ -125,6 +128,7 @@ class ReplayStep(Step[ReplaySpec]):
         snapshot_step = self._snapshot_step()
         state = ctx.get(f"snapshot:{snapshot_step[0]}") if snapshot_step else None
         deadline = time.monotonic() + self.spec.timeout.total_seconds()
+        bases: list[tuple[CaptureInfo, str | None]] = []
         for cap in self._captures():
             base: str | None = None
             if snapshot_step is not None and snapshot_step[1] == cap.source:
@@ -136,42 +140,41 @@ class ReplayStep(Step[ReplaySpec]):
             elif snapshot_step is None and cap.source == "blue":
                 raise PreconditionFailed(f"capture {cap.id!r}: no snapshot step before {self.id!r} to say which "
                                          "events green already has; name one with 'snapshot:'")
-            self._catch_up(ctx, cap, base, deadline)
-
-    def _catch_up(self, ctx: StepContext, cap: CaptureInfo, base: str | None, deadline: float) -> None:
-        assert ctx.run_id is not None
-        started = time.monotonic()
-        applied = 0
-        quarantined = 0
-
-        def on_batch(done: int, seq: int) -> None:
-            ctx.progress(f"replay {cap.id} (round, up to seq {seq})", applied + done, None, "events")
-
-        replayer = open_replayer(cap, ctx.dsns, ctx.run_id, self.batch_size, on_batch)
+            bases.append((cap, base))
+        replayers: list[Replayer] = []
         try:
-            replayer.setup(base)
-            rounds = 0
-
-            def on_round(result: RoundResult, lag: Lag) -> None:
-                nonlocal applied, rounds, quarantined
-                applied += result.events
-                quarantined += result.quarantined
-                rounds += 1
-                ctx.progress(f"replay {cap.id}: lag {lag.events:,} events, {lag.seconds:.1f}s", applied, None,
-                             "events applied")
-
-            lag = replayer.catch_up(self.spec.max_lag, deadline, on_round)
-            progress = replayer.progress()
+            for cap, base in bases:
+                replayers.append(open_replayer(cap, ctx.dsns, ctx.run_id, self.batch_size, self._on_batch(ctx, cap)))
+                replayers[-1].setup(base)
+            tallies = [_Tally(cap, replayer) for (cap, _), replayer in zip(bases, replayers, strict=True)]
+            passes = catch_up_all(tallies, self.spec.max_lag, deadline, lambda t: self._on_round(ctx, t))
+            for tally, replayer in zip(tallies, replayers, strict=True):
+                self._finish(ctx, tally, replayer.progress().applied, passes)
         finally:
-            close_replayer(replayer)
-        seconds = time.monotonic() - started
-        rate = applied / seconds if seconds else 0.0
-        ctx.put(f"replay:{self.id}:{cap.id}", {"applied": applied, "total_applied": progress.applied,
-                                               "quarantined": quarantined,
-                                               "rounds": rounds, "lag_events": lag.events,
+            for replayer in replayers:
+                close_replayer(replayer)
+
+    @staticmethod
+    def _on_batch(ctx: StepContext, cap: CaptureInfo) -> Callable[[int, int], None]:
+        def on_batch(done: int, seq: int) -> None:
+            ctx.progress(f"replay {cap.id} (round, up to seq {seq})", done, None, "events")
+        return on_batch
+
+    @staticmethod
+    def _on_round(ctx: StepContext, tally: _Tally) -> None:
+        ctx.progress(f"replay {tally.capture.id}: lag {tally.lag.events:,} events, {tally.lag.seconds:.1f}s",
+                     tally.applied, None, "events applied")
+
+    def _finish(self, ctx: StepContext, tally: _Tally, total_applied: int, passes: int) -> None:
+        cap, lag = tally.capture, tally.lag
+        seconds = time.monotonic() - tally.started
+        rate = tally.applied / seconds if seconds else 0.0
+        ctx.put(f"replay:{self.id}:{cap.id}", {"applied": tally.applied, "total_applied": total_applied,
+                                               "quarantined": tally.quarantined, "rounds": tally.rounds,
+                                               "passes": passes, "lag_events": lag.events,
                                                "lag_seconds": round(lag.seconds, 3), "seconds": round(seconds, 3)})
-        held = f", {quarantined:,} of them added to the quarantine" if quarantined else ""
-        ctx.reporter.note(f"replay {cap.id} onto {cap.target}: {applied:,} events in {rounds} round(s) "
+        held = f", {tally.quarantined:,} of them added to the quarantine" if tally.quarantined else ""
+        ctx.reporter.note(f"replay {cap.id} onto {cap.target}: {tally.applied:,} events in {tally.rounds} round(s) "
                           f"({rate:,.0f}/s){held}; lag {lag.events:,} events, oldest {lag.seconds:.1f}s")
         if lag.events > self.spec.max_lag:
             raise BluegreenError(f"replay of {cap.id!r} did not catch up within {self.spec.timeout}: "
@@ -191,3 +194,51 @@ class ReplayStep(Step[ReplaySpec]):
             checks.append(Check(f"replay {cap.id}", int(row[0]) >= 1,
                                 f"{row[1]} events applied in {row[0]} round(s) on {cap.target}"))
         return checks
+
+
+class _Catcher(Protocol):
+    def catch_up(self, max_lag: int, deadline: float,
+                 on_round: Callable[[RoundResult, Lag], None] | None = None) -> Lag: ...
+
+    def lag(self) -> Lag: ...
+
+
+@dataclass
+class _Tally:
+    """One capture's replayer and what it has done in this step."""
+
+    capture: CaptureInfo
+    replayer: _Catcher
+    applied: int = 0
+    quarantined: int = 0
+    rounds: int = 0
+    lag: Lag = field(default_factory=lambda: Lag(0, 0.0))
+    started: float = field(default_factory=time.monotonic)
+
+
+def catch_up_all(tallies: Sequence[_Tally], max_lag: int, deadline: float,
+                 on_round: Callable[[_Tally], None] = lambda tally: None) -> int:
+    """Catch every capture up in passes until, at the end of a pass, each one's lag is at most ``max_lag``.
+
+    A pass catches up each capture in turn; while it works on one, the others' backlogs grow again with
+    the traffic, so one pass is not enough when several tables are busy (at 1M Hydra tokens a single pass
+    left the first capture thousands of events behind). The lag of every capture is measured again after
+    the pass; if one is above ``max_lag``, another pass starts (cheap for those already caught up: one
+    round). Stops at the deadline too. Returns the number of passes.
+    """
+    passes = 0
+    while True:
+        passes += 1
+        for tally in tallies:
+            def counted(result: RoundResult, lag: Lag, tally: _Tally = tally) -> None:
+                tally.applied += result.events
+                tally.quarantined += result.quarantined
+                tally.rounds += 1
+                tally.lag = lag
+                on_round(tally)
+
+            tally.lag = tally.replayer.catch_up(max_lag, deadline, counted)
+        for tally in tallies:
+            tally.lag = tally.replayer.lag()
+        if all(t.lag.events <= max_lag for t in tallies) or time.monotonic() > deadline:
+            return passes

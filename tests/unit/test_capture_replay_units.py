@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,9 +14,10 @@ from orchestrator.copy.names import condition_references, condition_sql, parse_q
 from orchestrator.copy.pgtools import libpq_args, parse_toc
 from orchestrator.errors import PlanError
 from orchestrator.plan import load_plan
-from orchestrator.replay import compile_replay_sql
+from orchestrator.replay import CaptureInfo, Lag, RoundResult, compile_replay_sql
 from orchestrator.steps import StepContext, build_step
 from orchestrator.steps.capture import trigger_name
+from orchestrator.steps.replay import _Tally, catch_up_all
 from orchestrator.steps.snapshot import parse_size
 
 ENV = {"BLUE_DSN": "postgresql://postgres:secret-pw@127.0.0.1:5432/app",
@@ -143,3 +146,68 @@ def test_small_pieces() -> None:
     assert [(e.dump_id, e.catalog, e.oid, e.type) for e in toc] == [
         (3230, 2606, 16402, "CONSTRAINT"), (3246, 2606, 16434, "FK CONSTRAINT"), (3242, 0, 0, "INDEX ATTACH"),
         (3233, 1259, 16426, "INDEX")]
+
+
+
+class _Backlog:
+    """A replayer stand-in for the scheduling of :func:`catch_up_all`: ``pending`` events, drained by
+    ``catch_up``. Traffic goes on while a capture is replayed: for every ``slowdown`` events a round applies,
+    one new event arrives for every *other* capture (time spent on one is backlog for the rest)."""
+
+    def __init__(self, name: str, pending: int, world: list[_Backlog], slowdown: int = 10) -> None:
+        self.name, self.pending, self.world, self.slowdown = name, pending, world, slowdown
+        self.calls = 0
+
+    def catch_up(self, max_lag: int, deadline: float, on_round: Any = None) -> Lag:
+        self.calls += 1
+        while True:
+            applied, self.pending = self.pending, 0
+            for other in self.world:
+                if other is not self:
+                    other.pending += applied // self.slowdown
+            if on_round is not None:
+                on_round(RoundResult(events=applied), self.lag())
+            if self.pending <= max_lag or time.monotonic() > deadline:
+                return self.lag()
+
+    def lag(self) -> Lag:
+        return Lag(self.pending, 0.0)
+
+
+def _tallies(world: list[_Backlog]) -> list[_Tally]:
+    return [_Tally(CaptureInfo(b.name, parse_qualified_name(f"public.{b.name}"), "blue", "green"), b) for b in world]
+
+
+def test_replay_step_passes_over_captures_until_every_lag_is_under_max_lag() -> None:
+    world: list[_Backlog] = []
+    world += [_Backlog("tokens", 5_000, world), _Backlog("consents", 3_000, world)]
+    tallies = _tallies(world)
+    seen: list[tuple[str, int]] = []
+    passes = catch_up_all(tallies, max_lag=100, deadline=time.monotonic() + 60,
+                          on_round=lambda t: seen.append((t.capture.id, t.lag.events)))
+    # pass 1: tokens applies 5,000 (consents grows to 3,500), consents applies 3,500 (tokens grows to 350):
+    # one pass, the old behaviour, would have stopped with tokens 350 events behind, above max_lag
+    # pass 2: tokens applies 350 (consents +35), consents applies 35 (tokens +3): both under max_lag
+    assert passes == 2
+    assert seen == [("tokens", 0), ("consents", 0), ("tokens", 0), ("consents", 0)]
+    assert [t.applied for t in tallies] == [5_350, 3_535]
+    assert [t.rounds for t in tallies] == [2, 2]
+    assert [t.lag.events for t in tallies] == [3, 0]  # measured again after the last pass
+    assert [b.pending for b in world] == [3, 0]
+
+
+def test_replay_step_with_one_capture_makes_one_pass() -> None:
+    world: list[_Backlog] = []
+    world.append(_Backlog("tokens", 5_000, world))
+    tallies = _tallies(world)
+    assert catch_up_all(tallies, max_lag=0, deadline=time.monotonic() + 60) == 1
+    assert tallies[0].applied == 5_000
+
+
+def test_replay_step_stops_passing_at_the_deadline() -> None:
+    world: list[_Backlog] = []
+    world += [_Backlog("a", 10_000, world, slowdown=1), _Backlog("b", 10_000, world, slowdown=1)]
+    tallies = _tallies(world)
+    assert catch_up_all(tallies, max_lag=100, deadline=time.monotonic() - 1) == 1
+    # a applied 10,000 (b grew to 20,000), b applied 20,000 (a grew to 20,000); no second pass after the deadline
+    assert [t.lag.events for t in tallies] == [20_000, 0]

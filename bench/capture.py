@@ -20,7 +20,8 @@ autovacuum is off, so it cannot land in one side and not the other. Prints a lin
     capture: ours X tps (with the trigger), baseline Y tps (without), mean ratio R
     capture: median of the per-round ratios M (min A, max B); target >= 0.9: met|MISSED
 
-Run: .venv/bin/python bench/capture.py [--scale 10] [--clients 4] [--seconds 8] [--rounds 12] [--sequential]
+Run: .venv/bin/python bench/capture.py [--scale 10] [--clients 4] [--seconds 8] [--rounds 12] [--builtin simple-update]
+     [--sequential]
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4, help="pgbench clients on each side")
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--builtin", default="simple-update",
+                        help="pgbench's built-in script: simple-update (the captured table's update is most of the"
+                             " transaction) or tpcb-like (pgbench's default: it also updates two other tables)")
     parser.add_argument("--sequential", action="store_true",
                         help="one side after the other (ABBA order) instead of side by side")
     args = parser.parse_args()
@@ -64,7 +68,7 @@ def main() -> int:
         def pgbench(db: str, name: str) -> Pgbench:
             return Pgbench(blue.bins, blue.host, blue.port, db, PASSWORD, workdir=base_dir / "pgbench",
                            clients=args.clients, jobs=1 if not args.sequential else 2, duration_s=args.seconds,
-                           builtin="simple-update", latency_log=False, name=name)
+                           builtin=args.builtin, latency_log=False, name=name)
 
         def finish(run: Pgbench) -> PgbenchResult:
             result = run.wait(args.seconds + 120)
@@ -134,6 +138,7 @@ def main() -> int:
         baseline = statistics.mean(without)
         ratios = [w / wo for w, wo in zip(with_trigger, without, strict=True)]
         ratio = statistics.median(ratios)
+        print(f"capture: pgbench -b {args.builtin}, {args.clients} clients a side")
         print(f"capture: ours {ours:,.0f} tps (with the trigger), baseline {baseline:,.0f} tps (without),"
               f" mean ratio {ours / baseline:.2f}")
         print(f"capture: median of the per-round ratios {ratio:.2f} (min {min(ratios):.2f}, max {max(ratios):.2f});"

@@ -4,8 +4,11 @@
 archive; its pre-data restored in one transaction; every table streamed by ``jobs`` workers, each a
 ``psql`` reading ``COPY ... TO STDOUT`` under the same snapshot straight into ``COPY ... FROM STDIN``
 on the target (no file in between; relayed in 1 MiB chunks, so Python makes a few calls per MiB,
-not one per row); the post-data (indexes, constraints, triggers) restored by ``pg_restore --jobs``;
-then sequences set to their values at the snapshot, then ANALYZE.
+not one per row). A table's own indexes and key constraints are built by idle workers as soon as its
+rows are in, and a copy group's foreign keys as soon as all of its tables have theirs
+(:meth:`SnapshotEngine._foreign_keys`); the rest of the post-data (foreign keys of partitioned tables,
+triggers, ...) is restored by ``pg_restore --jobs`` at the end; then sequences are set to their values at
+the snapshot, then ANALYZE.
 
 A table is copied by ``TRUNCATE`` + ``COPY ... (FREEZE)`` in one transaction that also marks it done
 in ``bluegreen.snapshot_tables`` on the target, so data and state never disagree; tables larger
@@ -345,7 +348,11 @@ class SnapshotEngine:
                       *owner_flags, f"--dbname={dst_info}", str(archive)], dst_env,
                      f"pg_restore of {entry.type.lower()} {entry.dump_id}", timeout=opts.tool_timeout)
 
-        self._copy_parts(snap, target, parts, catalog, result, src_info, src_env, early, build)
+        fk_groups: dict[int, list[TocEntry]] = {}
+        fk_of = self._foreign_keys(snap, post, catalog)
+        for entry in self._missing_on_target(snap, target, [e for e in post if e.dump_id in fk_of], quiet=True):
+            fk_groups.setdefault(fk_of[entry.dump_id], []).append(entry)
+        self._copy_parts(snap, target, parts, catalog, result, src_info, src_env, early, build, fk_groups)
         lap = result.totals.lap("data", lap)  # and the indexes of the tables done meanwhile
 
         fault("before", f"restore_post_data:{self.step_id}")
@@ -469,9 +476,40 @@ class SnapshotEngine:
                 out.setdefault(table, []).append(entry)
         return out
 
+    def _foreign_keys(self, snap: SourceSnapshot, entries: list[TocEntry], catalog: Catalog) -> dict[int, int]:
+        """Foreign keys between two plain tables of the copy, as ``{dump id: copy group}``.
+
+        Both tables of a foreign key are in one copy group (``catalog._group``). Once every table of the
+        group is copied and has its own indexes, the key can be added while other groups still copy,
+        instead of in the final pass: a group that finished is never copied again (a resumed attempt keeps
+        it), so no later TRUNCATE of a referenced table can meet the key. Foreign keys of partitioned
+        tables or partitions are left to the final pass.
+        """
+        probe = snap.conn.execute("SELECT 'pg_constraint'::regclass::oid").fetchone()
+        assert probe is not None
+        candidates = {e.oid: e for e in entries if e.catalog == int(probe[0]) and e.type == "FK CONSTRAINT"}
+        if not candidates:
+            return {}
+        groups = {t.display: t.group for t in catalog.tables}
+        out: dict[int, int] = {}
+        for oid, table, referenced in snap.conn.execute(
+                "SELECT k.oid, format('%%I.%%I', n.nspname, c.relname), format('%%I.%%I', rn.nspname, r.relname)"
+                " FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_class r ON r.oid = k.confrelid"
+                " JOIN pg_namespace rn ON rn.oid = r.relnamespace WHERE k.oid = ANY (%s) AND k.contype = 'f'"
+                " AND c.relkind = 'r' AND NOT c.relispartition AND r.relkind = 'r' AND NOT r.relispartition",
+                (list(candidates),)).fetchall():
+            group = groups.get(table)
+            if group is not None and groups.get(referenced) == group:
+                out[candidates[int(oid)].dump_id] = group
+        return out
+
     def _copy_parts(self, snap: SourceSnapshot, target: psycopg.Connection[Any], parts: list[_Part],
                     catalog: Catalog, result: Result, src_info: str, src_env: dict[str, str],
-                    early: dict[str, list[TocEntry]], build: Callable[[TocEntry], None]) -> None:
+                    early: dict[str, list[TocEntry]], build: Callable[[TocEntry], None],
+                    foreign_keys: dict[int, list[TocEntry]] | None = None) -> None:
+        """Copy the parts with ``jobs`` workers; build each table's own indexes once its rows are in, and a
+        copy group's foreign keys (``foreign_keys``: entries by group) once all of its tables have theirs."""
         done_rows = self._done_rows()
         for relation, snapshot in done_rows.items():
             result.table_snapshots[relation] = snapshot
@@ -491,7 +529,27 @@ class SnapshotEngine:
         table_stats: dict[str, list[float]] = {t: [0, 0, 0.0] for t in tables}
         started = time.monotonic()
         last_report = 0.0
+        # a group's foreign keys wait until every table of the group is copied with its own indexes built
+        fk_waiting = {g: list(entries) for g, entries in (foreign_keys or {}).items()
+                      if all(t.display in tables for t in catalog.tables if t.group == g)}
+        unsettled = {g: {t.display for t in catalog.tables if t.group == g} for g in fk_waiting}
+        building: dict[str, int] = {}
+        owner: dict[int, str] = {}
         pool = ThreadPoolExecutor(max_workers=self.options.jobs, thread_name_prefix="bluegreen-copy")
+
+        def settled(display: str) -> None:
+            """``display`` has its rows and its indexes: release its group's foreign keys if it was the last."""
+            group = catalog.table(display).group
+            waiting = unsettled.get(group)
+            if waiting is None:
+                return
+            waiting.discard(display)
+            if not waiting:
+                for entry in fk_waiting.pop(group, []):
+                    new = pool.submit(build, entry)
+                    futures[new] = entry
+                    pending.add(new)
+
         try:
             futures: dict[Future[Any], _Part | TocEntry] = {
                 pool.submit(self._copy_part, snap, p, result.attempt, src_info, src_env): p for p in parts}
@@ -503,6 +561,11 @@ class SnapshotEngine:
                     if isinstance(part, TocEntry):
                         future.result()
                         self._built_early.add(part.oid)
+                        table_of = owner.pop(part.dump_id, None)
+                        if table_of is not None:
+                            building[table_of] -= 1
+                            if building[table_of] == 0:
+                                settled(table_of)
                         continue
                     rows, nbytes, seconds = future.result()
                     stats = table_stats[part.table.display]
@@ -519,11 +582,16 @@ class SnapshotEngine:
                         self.hooks.progress(f"{part.table.display} ({stats[1] / 1e6:,.1f} MB, {rate:,.0f} MB/s)",
                                             stats[0], stats[0], "rows")
                         # its indexes go to the back of the queue: idle workers build them while others copy
-                        for entry in self._missing_on_target(snap, target, early.get(part.table.display, []),
-                                                             quiet=True):
+                        display = part.table.display
+                        building[display] = 0
+                        for entry in self._missing_on_target(snap, target, early.get(display, []), quiet=True):
                             new = pool.submit(build, entry)
                             futures[new] = entry
                             pending.add(new)
+                            owner[entry.dump_id] = display
+                            building[display] += 1
+                        if building[display] == 0:
+                            settled(display)
                 now = time.monotonic()
                 if now - last_report >= 2.0 or not pending:
                     last_report = now

@@ -256,7 +256,8 @@ class SnapshotStep(Step[SnapshotSpec]):
         ctx.reporter.note(
             f"snapshot {self.id}: {totals.tables} table(s) copied ({totals.rows:,} rows, {totals.bytes / 1e6:,.1f} MB "
             f"streamed at {rate:,.0f} MB/s), {totals.skipped} kept from an earlier attempt, in {totals.seconds:.1f}s"
-            f" ({phases}; a table's own indexes are built during the data phase, as soon as its rows are in)")
+            f" ({phases}; a table's own indexes are built during the data phase as soon as its rows are in, and"
+            " foreign keys once their tables all have theirs)")
 
     def close(self) -> None:
         """Release the exported snapshot (after verify, or when the step fails)."""

@@ -46,7 +46,7 @@ def test_hydra_1_11_10_to_2_3_0_under_traffic_loses_no_revocation() -> None:
     assert payload["status"] == "done"
     steps = {s["id"]: s for s in payload["steps"]}
     assert list(steps) == ["capture-access", "capture-refresh", "capture-consent-revocations", "snapshot", "migrate",
-                           "green-v1-compat", "check-old-queries", "check-new-queries", "catch-up", "catch-up-again",
+                           "green-v1-compat", "check-old-queries", "check-new-queries", "catch-up",
                            "cutover", "validate"]
     assert all(s["status"] == "done" for s in payload["steps"])
     assert steps["snapshot"]["stats"]["green"]["tup_inserted"] >= 2 * SCALE

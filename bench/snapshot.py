@@ -17,15 +17,16 @@ Before every timed run both clusters take a CHECKPOINT and the OS page cache is 
 (``sync``): the clusters run with ``fsync = off``, so otherwise the gigabytes the previous run (or the
 generation) left dirty are written out by the kernel during the next run. One untimed copy first creates
 green's WAL files (see ``min_wal_size`` in SETTINGS: without it the first pairs were ~30% slower on both
-sides). Autovacuum is off. Then ``--repeat`` pairs (default 3) alternate baseline and ours, each pair's
-ratio printed; the verdict is on the ratio of the medians.
+sides). Autovacuum is off. Then ``--repeat`` pairs (default 4) of a baseline and an ours run, in ABBA
+order (whichever runs second in a pair was ~1 s slower, on either side), each pair's ratio printed; the
+verdict is on the ratio of the medians.
 
 Ours is then verified (row counts and checksums against blue, untimed). Prints:
 
     snapshot: copy X s, dump+restore Y s, ratio X/Y (target <= 0.5)
     snapshot: ours X MB/s, baseline Y MB/s (of N MB on blue)
 
-Run: .venv/bin/python bench/snapshot.py [--size 1.5] [--jobs 2] [--analyze] [--repeat 3]
+Run: .venv/bin/python bench/snapshot.py [--size 1.5] [--jobs 2] [--analyze] [--repeat 4]
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def main() -> int:
     parser.add_argument("--size", type=float, default=1.5, help="GB of data (tables and indexes) on blue")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--analyze", action="store_true", help="let the step ANALYZE (pg_restore does not)")
-    parser.add_argument("--repeat", type=int, default=3, help="alternate baseline and ours N times; medians")
+    parser.add_argument("--repeat", type=int, default=4, help="alternate baseline and ours N times; medians")
     args = parser.parse_args()
 
     base_dir = Path(tempfile.mkdtemp(prefix="bluegreen-bench-snapshot-"))
@@ -249,13 +250,19 @@ def main() -> int:
                 for name in ("baseline", "ours"):
                     green.drop_database(name)
                     green.create_database(name)
-            base_runs.append(baseline(blue, green, work, args.jobs))
-            shutil.rmtree(work / "dump", ignore_errors=True)
-            elapsed, checks = ours(blue, green, work, args.jobs, args.analyze)
-            ours_runs.append(elapsed)
-            failed += [c for c in checks if not c.ok]
-            print(f"snapshot: pair {n + 1}: copy {elapsed:.1f} s, dump+restore {base_runs[-1]:.1f} s,"
-                  f" ratio {elapsed / base_runs[-1]:.2f}", flush=True)
+            # ABBA: the second run of a pair is slower (by ~1 s for either side, measured), so the sides take
+            # turns at going first
+            first = "baseline" if n % 4 in (0, 3) else "ours"
+            for side in (("baseline", "ours") if first == "baseline" else ("ours", "baseline")):
+                if side == "baseline":
+                    base_runs.append(baseline(blue, green, work, args.jobs))
+                    shutil.rmtree(work / "dump", ignore_errors=True)
+                else:
+                    elapsed, checks = ours(blue, green, work, args.jobs, args.analyze)
+                    ours_runs.append(elapsed)
+                    failed += [c for c in checks if not c.ok]
+            print(f"snapshot: pair {n + 1} ({first} first): copy {ours_runs[-1]:.1f} s, dump+restore"
+                  f" {base_runs[-1]:.1f} s, ratio {ours_runs[-1] / base_runs[-1]:.2f}", flush=True)
         base_s = statistics.median(base_runs)
         ours_s = statistics.median(ours_runs)
         print(f"snapshot: verify of ours: {len(checks) - len(failed)}/{len(checks)} checks ok"

@@ -142,11 +142,13 @@ class ReplayStep(Step[ReplaySpec]):
                                          "events green already has; name one with 'snapshot:'")
             bases.append((cap, base))
         replayers: list[Replayer] = []
+        tallies: list[_Tally] = []
         try:
             for cap, base in bases:
-                replayers.append(open_replayer(cap, ctx.dsns, ctx.run_id, self.batch_size, self._on_batch(ctx, cap)))
+                replayers.append(open_replayer(cap, ctx.dsns, ctx.run_id, self.batch_size,
+                                               self._on_batch(ctx, cap, tallies, len(tallies))))
                 replayers[-1].setup(base)
-            tallies = [_Tally(cap, replayer) for (cap, _), replayer in zip(bases, replayers, strict=True)]
+                tallies.append(_Tally(cap, replayers[-1]))
             passes = catch_up_all(tallies, self.spec.max_lag, deadline, lambda t: self._on_round(ctx, t))
             for tally, replayer in zip(tallies, replayers, strict=True):
                 self._finish(ctx, tally, replayer.progress().applied, passes)
@@ -155,9 +157,12 @@ class ReplayStep(Step[ReplaySpec]):
                 close_replayer(replayer)
 
     @staticmethod
-    def _on_batch(ctx: StepContext, cap: CaptureInfo) -> Callable[[int, int], None]:
+    def _on_batch(ctx: StepContext, cap: CaptureInfo, tallies: list[_Tally], index: int
+                  ) -> Callable[[int, int], None]:
+        """Progress within a round: the capture's events applied so far in this step (``tallies[index]``)."""
         def on_batch(done: int, seq: int) -> None:
-            ctx.progress(f"replay {cap.id} (round, up to seq {seq})", done, None, "events")
+            before = tallies[index].applied if index < len(tallies) else 0
+            ctx.progress(f"replay {cap.id} (round, up to seq {seq})", before + done, None, "events")
         return on_batch
 
     @staticmethod

@@ -530,9 +530,11 @@ class SnapshotEngine:
         started = time.monotonic()
         last_report = 0.0
         # a group's foreign keys wait until every table of the group is copied with its own indexes built
-        fk_waiting = {g: list(entries) for g, entries in (foreign_keys or {}).items()
-                      if all(t.display in tables for t in catalog.tables if t.group == g)}
-        unsettled = {g: {t.display for t in catalog.tables if t.group == g} for g in fk_waiting}
+        members: dict[int, set[str]] = {}
+        for t in catalog.tables:
+            members.setdefault(t.group, set()).add(t.display)
+        fk_waiting = {g: list(entries) for g, entries in (foreign_keys or {}).items() if members[g] <= tables}
+        unsettled = {g: set(members[g]) for g in fk_waiting}
         building: dict[str, int] = {}
         owner: dict[int, str] = {}
         pool = ThreadPoolExecutor(max_workers=self.options.jobs, thread_name_prefix="bluegreen-copy")

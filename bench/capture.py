@@ -20,8 +20,19 @@ autovacuum is off, so it cannot land in one side and not the other. Prints a lin
     capture: ours X tps (with the trigger), baseline Y tps (without), mean ratio R
     capture: median of the per-round ratios M (min A, max B); target >= 0.9: met|MISSED
 
+``--when`` gives the trigger a WHEN condition, as a capture's ``when:`` does (the demo captures only
+revocations): rows the condition rejects never call the trigger's function.
+
+``--logical`` measures instead what the alternative design would cost blue's write path: capture by logical
+decoding (``wal_level = logical``, a ``pgoutput`` slot held from before the rounds, ``REPLICA IDENTITY FULL``
+on ``pgbench_accounts`` so that updates carry the old row as the trigger's OLD image does), no trigger. The
+setting is per cluster, so this mode starts two identical clusters and runs them side by side, with
+``wal_level = logical`` on one and ``replica`` on the other, swapped (restart) halfway. Nothing reads the slot
+during the rounds: decoding is the replay's work, as reading ``bluegreen.capture_events`` is in the trigger
+design. Prints ``capture: logical decoding ... median of the per-round ratios M``.
+
 Run: .venv/bin/python bench/capture.py [--scale 10] [--clients 4] [--seconds 8] [--rounds 12] [--builtin simple-update]
-     [--sequential]
+     [--when CONDITION] [--sequential | --logical]
 """
 
 from __future__ import annotations
@@ -34,7 +45,9 @@ import tempfile
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
+from orchestrator.copy.names import condition_sql
 from orchestrator.localenv import LocalCluster, Pgbench, PgbenchResult, debian_pg
 from orchestrator.sqlfiles import read_sql
 
@@ -53,7 +66,14 @@ def main() -> int:
                              " transaction) or tpcb-like (pgbench's default: it also updates two other tables)")
     parser.add_argument("--sequential", action="store_true",
                         help="one side after the other (ABBA order) instead of side by side")
+    parser.add_argument("--when", default=None,
+                        help="a WHEN condition for the trigger, as a capture's 'when:' (e.g. a rare event:"
+                             " \"NEW.abalance < -1000000\"); default: every update is captured")
+    parser.add_argument("--logical", action="store_true",
+                        help="measure capture by logical decoding (wal_level=logical, a slot) instead of the trigger")
     args = parser.parse_args()
+    if args.logical:
+        return logical(args)
 
     base_dir = Path(tempfile.mkdtemp(prefix="bluegreen-bench-capture-"))
     blue = LocalCluster("blue", debian_pg(15), base_dir, PASSWORD, settings={"autovacuum": "off"})
@@ -80,8 +100,11 @@ def main() -> int:
             """Install (or drop) the capture on ``db``; dropping returns the events captured and resets the side."""
             with psycopg.connect(blue.dsn(db), autocommit=True) as conn:
                 if on:
-                    conn.execute("CREATE TRIGGER bluegreen_capture_accounts AFTER UPDATE ON pgbench_accounts"
-                                 " FOR EACH ROW EXECUTE FUNCTION bluegreen.capture_event('accounts')")
+                    when = sql.SQL(" WHEN ({})").format(sql.SQL(condition_sql(args.when))) if args.when \
+                        else sql.SQL("")
+                    conn.execute(sql.SQL("CREATE TRIGGER bluegreen_capture_accounts AFTER UPDATE ON pgbench_accounts"
+                                         " FOR EACH ROW{} EXECUTE FUNCTION bluegreen.capture_event('accounts')")
+                                 .format(when))
                     return 0
                 conn.execute("DROP TRIGGER bluegreen_capture_accounts ON pgbench_accounts")
                 events = conn.execute("SELECT count(*) FROM bluegreen.capture_events").fetchone()
@@ -138,7 +161,8 @@ def main() -> int:
         baseline = statistics.mean(without)
         ratios = [w / wo for w, wo in zip(with_trigger, without, strict=True)]
         ratio = statistics.median(ratios)
-        print(f"capture: pgbench -b {args.builtin}, {args.clients} clients a side")
+        print(f"capture: pgbench -b {args.builtin}, {args.clients} clients a side; captured: "
+              + (f"updates WHEN ({args.when})" if args.when else "every update"))
         print(f"capture: ours {ours:,.0f} tps (with the trigger), baseline {baseline:,.0f} tps (without),"
               f" mean ratio {ours / baseline:.2f}")
         print(f"capture: median of the per-round ratios {ratio:.2f} (min {min(ratios):.2f}, max {max(ratios):.2f});"
@@ -146,6 +170,69 @@ def main() -> int:
         return 0
     finally:
         blue.destroy()
+        shutil.rmtree(base_dir, ignore_errors=True)
+
+
+def logical(args: argparse.Namespace) -> int:
+    """Two clusters side by side, ``wal_level = logical`` with a slot on one of them (swapped halfway)."""
+    base_dir = Path(tempfile.mkdtemp(prefix="bluegreen-bench-capture-"))
+    clusters = [LocalCluster(name, debian_pg(15), base_dir, PASSWORD, settings={"autovacuum": "off"})
+                for name in ("blue_a", "blue_b")]
+    try:
+        for cluster in clusters:
+            cluster.start()
+            cluster.create_database("bench")
+            Pgbench(cluster.bins, cluster.host, cluster.port, "bench", PASSWORD,
+                    workdir=base_dir / "pgbench").initialize(args.scale)
+            with psycopg.connect(cluster.dsn("bench"), autocommit=True) as conn:
+                conn.execute("ALTER TABLE pgbench_accounts REPLICA IDENTITY FULL")
+
+        def switch(logical_side: LocalCluster) -> None:
+            """Restart both clusters with ``wal_level = logical`` on ``logical_side`` only; give it the slot."""
+            for cluster in clusters:
+                with psycopg.connect(cluster.dsn("bench"), autocommit=True) as conn:
+                    conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots")
+                    level = "logical" if cluster is logical_side else "replica"
+                    conn.execute(sql.SQL("ALTER SYSTEM SET wal_level = {}").format(sql.Literal(level)))
+                cluster.stop()
+                cluster.start()
+            with psycopg.connect(logical_side.dsn("bench"), autocommit=True) as conn:
+                conn.execute("SELECT pg_create_logical_replication_slot('bench_capture', 'pgoutput')")
+
+        def run(cluster: LocalCluster, name: str) -> Pgbench:
+            return _started(Pgbench(cluster.bins, cluster.host, cluster.port, "bench", PASSWORD,
+                                    workdir=base_dir / "pgbench", clients=args.clients, jobs=1,
+                                    duration_s=args.seconds, builtin=args.builtin, latency_log=False, name=name))
+
+        def reset() -> None:
+            for cluster in clusters:
+                with psycopg.connect(cluster.dsn("bench"), autocommit=True) as conn:
+                    conn.execute("VACUUM pgbench_accounts")
+                    conn.execute("CHECKPOINT")
+
+        ratios: list[float] = []
+        for half, logical_side in enumerate(clusters):
+            other = clusters[1 - half]
+            switch(logical_side)
+            for n in range(-1, args.rounds // 2):  # round -1: warm-up, not counted
+                runs = (run(logical_side, f"logical-{half}-{n}"), run(other, f"replica-{half}-{n}"))
+                with_slot, without = (run_.wait(args.seconds + 120) for run_ in runs)
+                if not (with_slot.ok and without.ok):
+                    raise SystemExit(f"pgbench failed: {(with_slot.stderr + without.stderr)[-500:]}")
+                reset()
+                if n < 0:
+                    continue
+                ratios.append(with_slot.tps / without.tps)
+                print(f"capture: round {len(ratios)} (side by side): wal_level=replica {without.tps:,.0f} tps,"
+                      f" logical with a slot {with_slot.tps:,.0f} tps, ratio {ratios[-1]:.2f}", flush=True)
+        print(f"capture: pgbench -b {args.builtin}, {args.clients} clients a side; no trigger on either side")
+        print(f"capture: logical decoding (wal_level=logical, a pgoutput slot, REPLICA IDENTITY FULL) against"
+              f" wal_level=replica: median of the per-round ratios {statistics.median(ratios):.2f}"
+              f" (min {min(ratios):.2f}, max {max(ratios):.2f})")
+        return 0
+    finally:
+        for cluster in clusters:
+            cluster.destroy()
         shutil.rmtree(base_dir, ignore_errors=True)
 
 

@@ -4,8 +4,10 @@ Starts its own blue (PostgreSQL 15) and green (PostgreSQL 18, the embedded-postg
 with the same settings, and generates on blue a Hydra-shaped token store of ``--size`` GB
 (``pg_database_size``; default 1.5): clients, access and refresh tokens (text keys, a text session
 blob, timestamps, flags, two secondary indexes each) and a log table (bigint key, jsonb). Generating
-takes a few minutes. Then, into two empty green databases, with the same client binaries (the newest
-pg_dump found, PostgreSQL 18):
+takes a minute or so. The session blob is by default text that gzip compresses 8:1; ``--session-data
+ciphertext`` makes it base64 of random bytes, as Hydra's encrypted sessions are, which makes pg_dump's
+compression slower and barely useful (the same size on blue either way). Then, into two empty green
+databases, with the same client binaries (the newest pg_dump found, PostgreSQL 18):
 
 - baseline: ``pg_dump -Fd -j2 --snapshot`` (pg_dump's default compression) then ``pg_restore -j2``;
 - ours: the ``snapshot`` step's apply, ``method: copy, jobs: 2`` (schema, streamed COPY, each
@@ -87,16 +89,29 @@ TOKEN_ROW_BYTES = 560  # heap + index bytes per token row, measured
 AUDIT_ROW_BYTES = 330
 
 
-def _tokens(table: str, prefix: str, lo: int, hi: int) -> str:
+SESSION_DATA = {
+    # 256 hex characters that repeat every 32: gzip (pg_dump's default compression) shrinks them 8:1, fast
+    "text": "repeat(md5(g::text || 'session'), 8)",
+    # 192 pseudo-random bytes in base64 (about 260 characters, as long as "text"): what Hydra stores, an
+    # AEAD-encrypted session, which gzip can shrink only by the base64 overhead, and slowly
+    "ciphertext": "encode(decode(" + " || ".join(f"md5(g::text || 'session{i}')" for i in range(12))
+                  + ", 'hex'), 'base64')",
+}
+
+
+def _tokens(table: str, prefix: str, lo: int, hi: int, session_data: str) -> str:
     return (f"INSERT INTO {table} SELECT md5('{prefix}' || g), md5('r' || g), 'client-' || (g % 1000),"
             " 'user-' || (g % 100003), '2024-01-01'::timestamptz + g * interval '1 second',"
             " '2024-01-01'::timestamptz + g * interval '1 second' + interval '1 hour', g % 17 <> 0,"
-            " 'openid offline profile email', repeat(md5(g::text || 'session'), 8)"
+            f" 'openid offline profile email', {SESSION_DATA[session_data]}"
             f" FROM generate_series({lo}, {hi}) g")
 
 
-def generate(dsn: str, size_gb: float) -> None:
-    """Fill blue with about ``size_gb`` GB (tables and indexes), three connections at a time."""
+def generate(dsn: str, size_gb: float, session_data: str = "text") -> None:
+    """Fill blue with about ``size_gb`` GB (tables and indexes), three connections at a time.
+
+    ``session_data`` is a key of :data:`SESSION_DATA`: what the token tables' session column holds.
+    """
     target = size_gb * 1e9
     tokens = int(target * 0.8 / 2 / TOKEN_ROW_BYTES)
     audit = int(target * 0.2 / AUDIT_ROW_BYTES)
@@ -107,7 +122,8 @@ def generate(dsn: str, size_gb: float) -> None:
     statements: list[str] = []
     chunk = 200_000
     for table, prefix in (("hydra_oauth2_access", "a"), ("hydra_oauth2_refresh", "f")):
-        statements += [_tokens(table, prefix, lo, min(lo + chunk - 1, tokens)) for lo in range(1, tokens + 1, chunk)]
+        statements += [_tokens(table, prefix, lo, min(lo + chunk - 1, tokens), session_data)
+                       for lo in range(1, tokens + 1, chunk)]
     statements += [
         "INSERT INTO hydra_audit (at, actor, event) SELECT '2024-01-01'::timestamptz + g * interval '1 second',"
         " 'user-' || (g % 5000), jsonb_build_object('kind', 'login', 'ok', g % 3 <> 0, 'ip', '10.0.0.' || (g % 250),"
@@ -217,6 +233,9 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--analyze", action="store_true", help="let the step ANALYZE (pg_restore does not)")
     parser.add_argument("--repeat", type=int, default=4, help="alternate baseline and ours N times; medians")
+    parser.add_argument("--session-data", choices=sorted(SESSION_DATA), default="text",
+                        help="the token tables' session column: text that gzip compresses 8:1 (default), or"
+                             " base64 of random bytes, like Hydra's encrypted sessions")
     args = parser.parse_args()
 
     base_dir = Path(tempfile.mkdtemp(prefix="bluegreen-bench-snapshot-"))
@@ -229,11 +248,12 @@ def main() -> int:
         green.create_database("baseline")
         green.create_database("ours")
         started = time.monotonic()
-        generate(blue.dsn("hydra"), args.size)
+        generate(blue.dsn("hydra"), args.size, args.session_data)
         with blue.connect("hydra") as conn:
             size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]  # type: ignore[index]
         mb = size / 1e6
-        print(f"snapshot: generated {mb:,.0f} MB on blue (PostgreSQL 15) in {time.monotonic() - started:.0f} s",
+        print(f"snapshot: generated {mb:,.0f} MB on blue (PostgreSQL 15; session data: {args.session_data})"
+              f" in {time.monotonic() - started:.0f} s",
               flush=True)
         base_runs: list[float] = []
         ours_runs: list[float] = []

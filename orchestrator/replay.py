@@ -40,7 +40,9 @@ triggers, capture triggers included, do not fire) unless the capture says ``fire
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +68,14 @@ if TYPE_CHECKING:
     from .plan import LoadedPlan
 
 log = logging.getLogger(__name__)
+
+class DrainDeadline(BluegreenError):
+    """A drain stopped at its deadline, between batches or by cancelling one (that batch rolled back).
+
+    Nothing is lost or doubled: every applied batch committed with its progress; the next drain goes on
+    from there.
+    """
+
 
 NOTHING_VISIBLE = "1:1:"
 """A snapshot in which no transaction is visible: replay every event (a reverse capture)."""
@@ -473,20 +483,67 @@ class Replayer:
         result.seconds = time.monotonic() - started
         return result
 
-    def drain(self) -> RoundResult:
+    def drain(self, deadline: float | None = None) -> RoundResult:
         """Finish any interrupted round, then run one more from a fresh snapshot (the cutover's last step).
 
         Called once blue is fenced, the fresh snapshot sees every event there will ever be.
+
+        :param deadline: a ``time.monotonic()`` the drain must not outlast (the cutover's pause budget).
+            Past it, the rounds stop between batches, and a batch still running on the target is cancelled
+            there: its transaction, progress row included, rolls back.
+        :raises DrainDeadline: the deadline passed first (before anything, if it already had); the next
+            drain goes on from the last committed batch.
         """
         total = RoundResult()
-        for _ in range(2 if self.progress().round is not None else 1):
-            part = self.round()
-            total.events += part.events
-            total.batches += part.batches
-            total.fallbacks += part.fallbacks
-            total.quarantined += part.quarantined
-            total.seconds += part.seconds
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DrainDeadline(f"capture {self.capture.id!r}: no time left to drain it")
+        with self._cancelled_at(deadline) as cancelled:
+            try:
+                for _ in range(2 if self.progress().round is not None else 1):
+                    part = self.round(deadline)
+                    total.events += part.events
+                    total.batches += part.batches
+                    total.fallbacks += part.fallbacks
+                    total.quarantined += part.quarantined
+                    total.seconds += part.seconds
+                    if self.progress().round is not None:  # stopped between batches at the deadline
+                        raise DrainDeadline(f"capture {self.capture.id!r}: stopped at the deadline after"
+                                            f" {total.events:,} event(s); the rest on the next drain")
+            except DrainDeadline:
+                raise
+            except Exception as exc:
+                if not cancelled.is_set():
+                    raise
+                raise DrainDeadline(f"capture {self.capture.id!r}: a batch still running at the deadline was"
+                                    f" cancelled after {total.events:,} event(s); the rest on the next drain"
+                                    ) from exc
         return total
+
+    @contextmanager
+    def _cancelled_at(self, deadline: float | None) -> Iterator[threading.Event]:
+        """Cancel whatever the target runs at ``deadline`` (a timer thread); the event says it fired.
+
+        A cancel that reaches an idle session is ignored by the server, so firing between two batches is
+        harmless: the round's own deadline check stops there.
+        """
+        fired = threading.Event()
+        if deadline is None:
+            yield fired
+            return
+
+        def cancel() -> None:
+            fired.set()
+            with contextlib.suppress(psycopg.Error):
+                self.target.cancel_safe(timeout=5.0)
+
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield fired
+        finally:
+            timer.cancel()
+            timer.join()
 
     def catch_up(self, max_lag: int, deadline: float, on_round: Callable[[RoundResult, Lag], None] | None = None,
                  ) -> Lag:
@@ -765,12 +822,16 @@ def snapshot_for(state: Any, relation: QualifiedName) -> str | None:
 
 
 def drain(loaded: LoadedPlan, dsns: dict[str, str], run_id: int, capture_ids: Iterable[str],
-          batch_size: int | None = None, from_start: bool = False) -> dict[str, RoundResult]:
+          batch_size: int | None = None, from_start: bool = False, deadline: float | None = None
+          ) -> dict[str, RoundResult]:
     """Apply every remaining event of the given captures (the cutover calls this once blue is fenced).
 
     Each capture's progress must exist (the ``replay`` step set it up from the snapshot), unless
     ``from_start``: then a capture with no progress yet replays every event it holds (a reverse capture on
     green: nothing it captured is on blue). An existing progress row is kept either way.
+
+    :param deadline: a ``time.monotonic()`` shared by all the captures (see :meth:`Replayer.drain`).
+    :raises DrainDeadline: it passed before the last capture was drained.
 
     :returns: per capture, what the last rounds applied.
     """
@@ -784,7 +845,7 @@ def drain(loaded: LoadedPlan, dsns: dict[str, str], run_id: int, capture_ids: It
             if from_start:
                 replayer.setup(None)
             replayer.progress()
-            out[capture_id] = replayer.drain()
+            out[capture_id] = replayer.drain(deadline)
         finally:
             close_replayer(replayer)
     return out

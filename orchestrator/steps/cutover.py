@@ -7,6 +7,13 @@ fails cleanly), fence blue, drain the captured events, set green's sequences pas
 switches concurrently (all-or-nothing), RESUME. The pause (PAUSE issued to RESUME returned) is
 measured and reported.
 
+The stall is bounded by ``pause_budget``: PAUSE, the fence, the drain and the sequences must all fit in
+it, counted from the first PAUSE. Past it, the drain stops (between batches, or by cancelling the batch
+running on green, which rolls back with its progress), blue is unfenced, the pool RESUMEd on blue, and the
+attempt retried like a PAUSE that timed out; what the drain applied stays applied, so the next attempt has
+less to do. The switches are not cut short (they are all-or-nothing): the stall is at most the budget
+plus the switches' own time.
+
 Locks: fencing sets ``default_transaction_read_only`` on blue's database (all roles, new sessions)
 and terminates the other sessions of that database (not bluegreen's own); ``setval`` on green takes
 a row lock on each sequence for an instant. Clients see a stall, never an error.
@@ -43,6 +50,10 @@ from . import register
 from .base import Check, Step, StepContext
 
 GATES = ("sessions", "invalid_indexes", "targets", "sequences", "lag")
+
+
+class PauseBudgetSpent(PauseTimeout):
+    """The phases inside the pause outran ``pause_budget``; everything was put back on blue (retried)."""
 
 
 class PgBouncerSwitchSpec(Model):
@@ -86,7 +97,8 @@ class CutoverSpec(StepSpecBase):
 
     kind: Literal["cutover"]
     switches: list[SwitchSpec] = Field(min_length=1)
-    pause_budget: Duration = Field(timedelta(seconds=2), description="how long PAUSE may take to complete")
+    pause_budget: Duration = Field(timedelta(seconds=2), description="how long clients may stall: PAUSE, fence, "
+                                   "drain and sequences must fit in it, or traffic resumes on blue and it retries")
     pause_retries: int = Field(2, ge=0, le=20)
     retry_wait: Duration = timedelta(seconds=1)
     max_xact_age: Duration = Field(timedelta(seconds=5), description="gate: longest transaction on blue")
@@ -240,8 +252,15 @@ class Cutover(Step[CutoverSpec]):
                  controls: list[PgBouncerControl]) -> float:
         """One try: PAUSE ... RESUME. On any failure, everything is back on blue when it raises."""
         started = time.monotonic()
+        budget = self.spec.pause_budget.total_seconds()
+        deadline = started + budget
         paused: list[PgBouncerControl] = []
         fenced = False
+
+        def within_budget(before: str) -> None:
+            if time.monotonic() > deadline:
+                raise PauseBudgetSpent(f"{self.id}: the pause budget ({budget:g}s) ran out before {before}")
+
         try:
             ctx.put(key, {"phase": "pausing"})
             for control in controls:
@@ -255,11 +274,13 @@ class Cutover(Step[CutoverSpec]):
                     fenced = True
                     ctx.put(key, {"phase": "fenced", "read_only_before": previous})
             if self.spec.drain:
+                within_budget("the drain")
                 with self._boundary(f"drain:{self.id}"):
-                    self._drain(ctx)
+                    self._drain(ctx, deadline)
             if self.spec.sequences == "sync":
                 with self._boundary(f"sync_sequences:{self.id}"):
                     self._sync_sequences(ctx)
+            within_budget("the switches")
             ctx.put(key, {"phase": "switching", "read_only_before": None})
             names = [f"switch:{self.id}:{self._switch_name(i, sw)}" for i, sw in enumerate(self.spec.switches)]
             for name in names:
@@ -377,11 +398,16 @@ class Cutover(Step[CutoverSpec]):
         with connect(ctx.dsns[side], side) as conn:
             conn.execute(sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(sql.Identifier(db)))
 
-    def _drain(self, ctx: StepContext) -> None:
+    def _drain(self, ctx: StepContext, deadline: float) -> None:
+        """Replay the drain captures' last events onto green, within the pause budget (``deadline``)."""
         if not self.spec.drain:
             return
         assert ctx.run_id is not None
-        results = replay.drain(ctx.loaded, ctx.dsns, ctx.run_id, self.spec.drain)
+        try:
+            results = replay.drain(ctx.loaded, ctx.dsns, ctx.run_id, self.spec.drain, deadline=deadline)
+        except replay.DrainDeadline as exc:
+            raise PauseBudgetSpent(f"{self.id}: the pause budget ({self.spec.pause_budget.total_seconds():g}s)"
+                                   f" ran out during the drain ({exc})") from None
         events = sum(r.events for r in results.values())
         ctx.reporter.note(f"{self.id}: drained {events} captured event(s) onto green inside the pause")
 

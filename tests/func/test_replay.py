@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import psycopg
@@ -11,7 +12,7 @@ import psycopg
 from orchestrator.copy.names import QualifiedName
 from orchestrator.localenv import Databases
 from orchestrator.plan import load_plan
-from orchestrator.replay import CaptureInfo, Replayer, compile_replay_sql, drain, lags
+from orchestrator.replay import CaptureInfo, DrainDeadline, Replayer, compile_replay_sql, drain, lags
 
 from .helpers import ROOT, bluegreen, cli_env, query, scalar, spawn, wait_for, write_plan
 from .snapshot_support import Writer, table_rows
@@ -71,6 +72,15 @@ def _events_after_snapshot(blue_dsn: str) -> int:
     return int(scalar(blue_dsn, "SELECT count(*) FROM bluegreen.capture_events e, bluegreen.run_state s"
                                 " WHERE s.key = 'snapshot:snap' AND NOT pg_visible_in_snapshot("
                                 "e.xid, (s.value->'tables'->>'public.items')::pg_snapshot)"))
+
+
+# An ALWAYS trigger on green (it fires under the replay's session_replication_role = replica) that makes
+# every applied row cost 50 ms: a drain whose batches take as long as the test wants.
+SLOW_GREEN = """
+CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $f$;
+CREATE TRIGGER slow AFTER INSERT OR UPDATE OR DELETE ON items FOR EACH ROW EXECUTE FUNCTION slow();
+ALTER TABLE items ENABLE ALWAYS TRIGGER slow;
+"""
 
 
 def _drain(plan: Path, dbs: Databases) -> None:
@@ -136,6 +146,50 @@ def test_replay_killed_halfway_resumes_without_applying_twice(dbs: Databases, tm
     _drain(plan, dbs)
     assert table_rows(dbs.blue_dsn, "items") == table_rows(dbs.green_dsn, "items")
     assert _applied(dbs.green_dsn) == _events_after_snapshot(dbs.blue_dsn)
+
+
+def test_drain_stops_at_its_deadline_and_cancels_the_running_batch(dbs: Databases, tmp_path: Path) -> None:
+    """The cutover's drain under a pause budget: a batch still running at the deadline is cancelled on green
+    and rolls back with its progress; what committed stays; the next drain applies the rest, once."""
+    query(dbs.blue_dsn, ITEMS)
+    plan = write_plan(tmp_path / "plan.yaml", "deadline", _steps())
+    result = bluegreen(["run", str(plan)], cli_env(dbs), timeout=120)
+    assert result.returncode == 0, result.stderr
+    query(dbs.blue_dsn, "UPDATE items SET v = v + 1000 WHERE id <= 60")  # 60 events
+    query(dbs.green_dsn, SLOW_GREEN)  # 50 ms per applied row
+    loaded = load_plan(plan, {"BLUE_DSN": dbs.blue_dsn, "GREEN_DSN": dbs.green_dsn})
+    run_id = scalar(dbs.blue_dsn, "SELECT max(run_id) FROM bluegreen.runs")
+    dsns = {"blue": dbs.blue_dsn, "green": dbs.green_dsn}
+    applied_before = _applied(dbs.green_dsn)
+
+    def updated_on_green() -> int:
+        return int(scalar(dbs.green_dsn, "SELECT count(*) FROM items WHERE v > 1000"))
+
+    # batches of 30 rows take 1.5 s: the deadline falls inside the first one, which must be cancelled
+    started = time.monotonic()
+    try:
+        drain(loaded, dsns, run_id, ["cap"], batch_size=30, deadline=time.monotonic() + 0.5)
+    except DrainDeadline as exc:
+        assert "cancelled after 0 event(s)" in str(exc)
+    else:
+        raise AssertionError("the drain outlived its deadline")
+    assert time.monotonic() - started < 1.3  # not the 1.5 s the batch needed: it was cut short
+    assert updated_on_green() == 0 and _applied(dbs.green_dsn) == applied_before  # rolled back, progress too
+
+    # batches of 7 rows take 0.35 s: whole batches only, never a part of one
+    try:
+        drain(loaded, dsns, run_id, ["cap"], batch_size=7, deadline=time.monotonic() + 0.6)
+    except DrainDeadline:
+        pass
+    else:
+        raise AssertionError("the drain outlived its deadline")
+    partial = updated_on_green()
+    assert partial % 7 == 0 and partial < 60 and _applied(dbs.green_dsn) == applied_before + partial
+
+    query(dbs.green_dsn, "DROP TRIGGER slow ON items")
+    _drain(plan, dbs)
+    assert table_rows(dbs.blue_dsn, "items") == table_rows(dbs.green_dsn, "items")
+    assert _applied(dbs.green_dsn) == applied_before + 60  # each event once: the cancelled batches left nothing
 
 
 def test_an_event_committed_late_with_a_low_seq_is_not_skipped(dbs: Databases, tmp_path: Path) -> None:

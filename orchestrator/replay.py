@@ -821,34 +821,47 @@ def snapshot_for(state: Any, relation: QualifiedName) -> str | None:
     return str(value) if value else None
 
 
-def drain(loaded: LoadedPlan, dsns: dict[str, str], run_id: int, capture_ids: Iterable[str],
-          batch_size: int | None = None, from_start: bool = False, deadline: float | None = None
-          ) -> dict[str, RoundResult]:
-    """Apply every remaining event of the given captures (the cutover calls this once blue is fenced).
+@contextmanager
+def drainers(loaded: LoadedPlan, dsns: dict[str, str], run_id: int, capture_ids: Iterable[str],
+             batch_size: int | None = None, from_start: bool = False) -> Iterator[list[tuple[str, Replayer]]]:
+    """A replayer per capture, opened (two connections each) and checked, ready to drain; closed at the end.
 
-    Each capture's progress must exist (the ``replay`` step set it up from the snapshot), unless
-    ``from_start``: then a capture with no progress yet replays every event it holds (a reverse capture on
-    green: nothing it captured is on blue). An existing progress row is kept either way.
-
-    :param deadline: a ``time.monotonic()`` shared by all the captures (see :meth:`Replayer.drain`).
-    :raises DrainDeadline: it passed before the last capture was drained.
-
-    :returns: per capture, what the last rounds applied.
+    The cutover opens them before its pause, so that the pause does not pay for the connections. Each
+    capture's progress must exist (the ``replay`` step set it up from the snapshot), unless ``from_start``:
+    then a capture with no progress yet replays every event it holds (a reverse capture on green: nothing
+    it captured is on blue). An existing progress row is kept either way.
     """
     captures = captures_of(loaded)
-    out: dict[str, RoundResult] = {}
-    for capture_id in capture_ids:
-        if capture_id not in captures:
-            raise UsageError(f"no capture step {capture_id!r} in the plan")
-        replayer = open_replayer(captures[capture_id], dsns, run_id, batch_size or loaded.plan.defaults.batch_size)
-        try:
+    opened: list[tuple[str, Replayer]] = []
+    try:
+        for capture_id in capture_ids:
+            if capture_id not in captures:
+                raise UsageError(f"no capture step {capture_id!r} in the plan")
+            replayer = open_replayer(captures[capture_id], dsns, run_id,
+                                     batch_size or loaded.plan.defaults.batch_size)
+            opened.append((capture_id, replayer))
             if from_start:
                 replayer.setup(None)
             replayer.progress()
-            out[capture_id] = replayer.drain(deadline)
-        finally:
+        yield opened
+    finally:
+        for _, replayer in opened:
             close_replayer(replayer)
-    return out
+
+
+def drain(loaded: LoadedPlan, dsns: dict[str, str], run_id: int, capture_ids: Iterable[str],
+          batch_size: int | None = None, from_start: bool = False, deadline: float | None = None
+          ) -> dict[str, RoundResult]:
+    """Apply every remaining event of the given captures (a rollback calls this once green is fenced).
+
+    The captures and their progress are checked as :func:`drainers` says.
+
+    :param deadline: a ``time.monotonic()`` shared by all the captures (see :meth:`Replayer.drain`).
+    :raises DrainDeadline: it passed before the last capture was drained.
+    :returns: per capture, what the last rounds applied.
+    """
+    with drainers(loaded, dsns, run_id, capture_ids, batch_size, from_start) as opened:
+        return {capture_id: replayer.drain(deadline) for capture_id, replayer in opened}
 
 
 def lags(loaded: LoadedPlan, dsns: dict[str, str], run_id: int, capture_ids: Iterable[str]) -> dict[str, Lag]:

@@ -151,6 +151,10 @@ class Cutover(Step[CutoverSpec]):
         actions: list[Action] = [NoteAction(f"gates:{self.id}", "blue+green", "gates: " + ", ".join(
             g for g in GATES if g not in self.spec.skip_gates))]
         bouncers = self._pgbouncers()
+        if self.spec.drain:
+            actions.append(NoteAction(f"catch_up:{self.id}", "green", "before the pause, replay what "
+                                      + ", ".join(self.spec.drain) + " captured so far (the drain inside it then"
+                                      " has only the last events)"))
         actions.extend(NoteAction(f"pause:{self.id}:{b.database}", "pgbouncer",
                                   f"PAUSE {b.database}  -- deadline {self.spec.pause_budget.total_seconds():g}s,"
                                   f" {self.spec.pause_retries} retries") for b in bouncers)
@@ -235,7 +239,7 @@ class Cutover(Step[CutoverSpec]):
         attempts = self.spec.pause_retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                pause = self._attempt(ctx, key, switches, controls)
+                pause, phases = self._attempt(ctx, key, switches, controls)
             except PauseTimeout as exc:
                 ctx.put(key, {"phase": "reverted"})
                 if attempt == attempts:
@@ -244,18 +248,42 @@ class Cutover(Step[CutoverSpec]):
                                   f"(attempt {attempt + 1} of {attempts})")
                 time.sleep(self.spec.retry_wait.total_seconds())
                 continue
-            ctx.put(key, {"phase": "done", "pause_ms": round(pause * 1000, 1), "attempts": attempt})
-            ctx.reporter.note(f"{self.id}: clients paused for {pause * 1000:.0f} ms; traffic is on green")
+            breakdown = ", ".join(f"{name} {seconds * 1000:.0f}" for name, seconds in phases.items())
+            ctx.put(key, {"phase": "done", "pause_ms": round(pause * 1000, 1), "attempts": attempt,
+                          "phases_ms": [[name, round(seconds * 1000, 1)] for name, seconds in phases.items()]})
+            ctx.reporter.note(f"{self.id}: clients paused for {pause * 1000:.0f} ms ({breakdown} ms);"
+                              " traffic is on green")
             return
 
     def _attempt(self, ctx: StepContext, key: str, switches: list[Switch],
-                 controls: list[PgBouncerControl]) -> float:
-        """One try: PAUSE ... RESUME. On any failure, everything is back on blue when it raises."""
+                 controls: list[PgBouncerControl]) -> tuple[float, dict[str, float]]:
+        """One try: catch up, then PAUSE ... RESUME; returns the pause and its phases' seconds. On any failure,
+        everything is back on blue when it raises."""
+        assert ctx.run_id is not None
+        with replay.drainers(ctx.loaded, ctx.dsns, ctx.run_id, self.spec.drain) as drain_with:
+            if drain_with:  # outside the pause: the drain inside it is left with only the last events
+                with self._boundary(f"catch_up:{self.id}"):
+                    caught = sum(replayer.drain().events for _, replayer in drain_with)
+                ctx.reporter.note(f"{self.id}: caught up {caught} captured event(s) before the pause")
+            return self._paused(ctx, key, switches, controls, drain_with)
+
+    def _paused(self, ctx: StepContext, key: str, switches: list[Switch], controls: list[PgBouncerControl],
+                drain_with: list[tuple[str, replay.Replayer]]) -> tuple[float, dict[str, float]]:
+        """PAUSE ... RESUME (``drain_with``: the drain captures' open replayers)."""
         started = time.monotonic()
         budget = self.spec.pause_budget.total_seconds()
         deadline = started + budget
         paused: list[PgBouncerControl] = []
         fenced = False
+        phases: dict[str, float] = {}
+
+        @contextmanager
+        def phase(name: str, action_id: str) -> Iterator[None]:
+            """A phase of the pause: its crash points, and its time added to ``phases[name]``."""
+            begun = time.monotonic()
+            with self._boundary(action_id):
+                yield
+            phases[name] = phases.get(name, 0.0) + time.monotonic() - begun
 
         def within_budget(before: str) -> None:
             if time.monotonic() > deadline:
@@ -264,28 +292,30 @@ class Cutover(Step[CutoverSpec]):
         try:
             ctx.put(key, {"phase": "pausing"})
             for control in controls:
-                with self._boundary(f"pause:{self.id}:{control.database}"):
+                with phase("PAUSE", f"pause:{self.id}:{control.database}"):
                     control.pause(self.spec.pause_budget.total_seconds())
                     paused.append(control)
             ctx.put(key, {"phase": "paused"})
             if self.spec.fence:
-                with self._boundary(f"fence_blue:{self.id}"):
+                with phase("fence", f"fence_blue:{self.id}"):
                     previous = self._fence(ctx)
                     fenced = True
                     ctx.put(key, {"phase": "fenced", "read_only_before": previous})
             if self.spec.drain:
                 within_budget("the drain")
-                with self._boundary(f"drain:{self.id}"):
-                    self._drain(ctx, deadline)
+                with phase("drain", f"drain:{self.id}"):
+                    self._drain(ctx, drain_with, deadline)
             if self.spec.sequences == "sync":
-                with self._boundary(f"sync_sequences:{self.id}"):
+                with phase("sequences", f"sync_sequences:{self.id}"):
                     self._sync_sequences(ctx)
             within_budget("the switches")
             ctx.put(key, {"phase": "switching", "read_only_before": None})
             names = [f"switch:{self.id}:{self._switch_name(i, sw)}" for i, sw in enumerate(self.spec.switches)]
             for name in names:
                 fault("before", name)
+            begun = time.monotonic()
             switch_all(switches, "green")
+            phases["switches"] = time.monotonic() - begun
             for name in names:
                 fault("after", name)
             ctx.put(key, {"phase": "switched"})
@@ -296,9 +326,9 @@ class Cutover(Step[CutoverSpec]):
                 control.resume()
             raise
         for control in paused:
-            with self._boundary(f"resume:{self.id}:{control.database}"):
+            with phase("RESUME", f"resume:{self.id}:{control.database}"):
                 control.resume()
-        return time.monotonic() - started
+        return time.monotonic() - started, phases
 
     @staticmethod
     @contextmanager
@@ -398,17 +428,15 @@ class Cutover(Step[CutoverSpec]):
         with connect(ctx.dsns[side], side) as conn:
             conn.execute(sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(sql.Identifier(db)))
 
-    def _drain(self, ctx: StepContext, deadline: float) -> None:
+    def _drain(self, ctx: StepContext, drain_with: list[tuple[str, replay.Replayer]], deadline: float) -> None:
         """Replay the drain captures' last events onto green, within the pause budget (``deadline``)."""
-        if not self.spec.drain:
-            return
-        assert ctx.run_id is not None
+        events = 0
         try:
-            results = replay.drain(ctx.loaded, ctx.dsns, ctx.run_id, self.spec.drain, deadline=deadline)
+            for _, replayer in drain_with:
+                events += replayer.drain(deadline).events
         except replay.DrainDeadline as exc:
             raise PauseBudgetSpent(f"{self.id}: the pause budget ({self.spec.pause_budget.total_seconds():g}s)"
                                    f" ran out during the drain ({exc})") from None
-        events = sum(r.events for r in results.values())
         ctx.reporter.note(f"{self.id}: drained {events} captured event(s) onto green inside the pause")
 
     def _sync_sequences(self, ctx: StepContext) -> None:
@@ -473,7 +501,8 @@ class Cutover(Step[CutoverSpec]):
         state = ctx.get(f"cutover:{self.id}") or {}
         checks = [Check("cutover finished", state.get("phase") == "done", f"phase {state.get('phase')!r}")]
         if "pause_ms" in state:
-            checks.append(Check("pause", True, f"{state['pause_ms']} ms"))
+            phases = ", ".join(f"{name} {ms}" for name, ms in state.get("phases_ms") or [])
+            checks.append(Check("pause", True, f"{state['pause_ms']} ms" + (f" ({phases} ms)" if phases else "")))
         green_params = _host_port(ctx.dsns["green"])
         for control in self._controls():
             backend = control.backend()

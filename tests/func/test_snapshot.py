@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from orchestrator.copy.catalog import read_catalog
 from orchestrator.copy.engine import SourceSnapshot
@@ -230,6 +231,27 @@ def test_split_tables_are_copied_in_ranges(dbs: Databases, tmp_path: Path) -> No
     assert sum(p[2] for p in parts) == 30000 - 30000 // 7
     assert table_rows(dbs.blue_dsn, "big", "id") == table_rows(dbs.green_dsn, "big", "id")
     assert _checks(report, "snap")["table public.big"]["ok"]
+
+
+def test_a_role_that_may_not_skip_wal_zero_fill_still_copies(dbs: Databases, tmp_path: Path) -> None:
+    """The copy turns wal_init_zero off in its own sessions on green (every other test here runs as a
+    superuser, which may); a role that may not gets a note and the same copy; green's setting is untouched."""
+    _load(dbs.blue_dsn, "CREATE TABLE t (id int PRIMARY KEY, v text);"
+                        " INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g; CREATE INDEX ON t (v)")
+    role = f"loader_{dbs.name}"
+    query(dbs.green_dsn, f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'pw-loader';"
+                         f' ALTER DATABASE "{dbs.name}" OWNER TO "{role}"')
+    try:
+        green = make_conninfo(dbs.green_dsn, user=role, password="pw-loader")
+        result, _ = _run(dbs, tmp_path, "  - {id: snap, kind: snapshot, owners: false, privileges: false}\n",
+                         GREEN_DSN=green)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "(wal_init_zero = on) and this role may not turn that off" in result.stderr
+        assert table_rows(dbs.blue_dsn, "t", "id") == table_rows(dbs.green_dsn, "t", "id")
+        assert scalar(dbs.green_dsn, "SHOW wal_init_zero") == "on"  # per session only: the server's is untouched
+    finally:
+        query(dbs.green_dsn, f'ALTER DATABASE "{dbs.name}" OWNER TO postgres; DROP OWNED BY "{role}";'
+                             f' DROP ROLE "{role}"')
 
 
 def test_snapshot_refuses_a_green_database_that_is_not_empty(dbs: Databases, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """``kind: cutover``: switch every client from blue to green inside one bounded pause.
 
 Order: gates (no session on blue idle in a transaction or older than ``max_xact_age``, no invalid
-index on green, every switch target usable, sequences readable), then PAUSE every PgBouncer with our
+index on green, every switch target usable, sequences readable), a catch-up of the ``drain`` captures
+outside the pause (its connections are kept for the drain inside it), then PAUSE every PgBouncer with our
 own deadline (PAUSE has none; past it the pool is RESUMEd and the attempt is retried, then the step
 fails cleanly), fence blue, drain the captured events, set green's sequences past blue's, run all
 switches concurrently (all-or-nothing), RESUME. The pause (PAUSE issued to RESUME returned) is

@@ -256,6 +256,7 @@ class RoundResult:
     fallbacks: int = 0
     quarantined: int = 0
     seconds: float = 0.0
+    finished: bool = False  # the round applied its last batch (False: it stopped at its deadline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +478,7 @@ class Replayer:
                 if self.on_batch is not None:
                     self.on_batch(result.events, after)
                 if last:
+                    result.finished = True
                     break
                 if deadline is not None and time.monotonic() > deadline:
                     break
@@ -506,7 +508,7 @@ class Replayer:
                     total.fallbacks += part.fallbacks
                     total.quarantined += part.quarantined
                     total.seconds += part.seconds
-                    if self.progress().round is not None:  # stopped between batches at the deadline
+                    if not part.finished:  # stopped between batches at the deadline
                         raise DrainDeadline(f"capture {self.capture.id!r}: stopped at the deadline after"
                                             f" {total.events:,} event(s); the rest on the next drain")
             except DrainDeadline:

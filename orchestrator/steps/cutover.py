@@ -303,7 +303,6 @@ class Cutover(Step[CutoverSpec]):
                     fenced = True
                     ctx.put(key, {"phase": "fenced", "read_only_before": previous})
             if self.spec.drain:
-                within_budget("the drain")
                 with phase("drain", f"drain:{self.id}"):
                     self._drain(ctx, drain_with, deadline)
             if self.spec.sequences == "sync":

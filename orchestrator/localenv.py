@@ -618,6 +618,11 @@ class LocalCluster:
             "logging_collector": "off",
             "log_min_messages": "warning",
             "password_encryption": "'scram-sha-256'",
+            # capture by logical decoding (steps/capture.py): a pgoutput slot per run, and the slots and
+            # WAL senders of a whole test session's runs
+            "wal_level": "logical",
+            "max_replication_slots": "64",
+            "max_wal_senders": "64",
             **self._settings,
         }
         text = "".join(f"{key} = {value}\n" for key, value in settings.items())
@@ -698,8 +703,22 @@ class LocalCluster:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
     def drop_database(self, name: str) -> None:
-        """Drop database ``name`` if it exists, disconnecting its sessions (``WITH (FORCE)``)."""
+        """Drop database ``name`` if it exists, disconnecting its sessions (``WITH (FORCE)``).
+
+        Its logical replication slots go first (a slot keeps a database from being dropped); a slot still
+        held by a walsender is released by ending that walsender.
+        """
         with self.connect() as conn:
+            conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                         " WHERE database = %s AND active_pid IS NOT NULL", (name,))
+            for _ in range(50):
+                row = conn.execute("SELECT count(*) FROM pg_replication_slots WHERE database = %s AND active",
+                                   (name,)).fetchone()
+                if not row or not row[0]:
+                    break
+                time.sleep(0.1)
+            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
+                         (name,))
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     def __enter__(self) -> Self:

@@ -130,7 +130,7 @@ def test_pause_deadline_resumes_clients_and_the_run_can_be_retried(dbs: Database
 # Before the cutover: capture items, snapshot, catch up, then make every row applied on green cost 50 ms (an
 # ALWAYS trigger: it fires under the replay's session_replication_role = replica).
 SLOW_DRAIN_STEPS = """\
-  - {id: cap, kind: capture, table: items}
+  - {id: cap, kind: capture, method: trigger, table: items}
   - {id: snap, kind: snapshot}
   - {id: catch-up, kind: replay, max_lag: 1000}
   - id: slow-green
@@ -239,7 +239,7 @@ def test_rollback_replays_onto_blue_what_clients_wrote_on_green(dbs: Databases, 
     for dsn in (dbs.blue_dsn, dbs.green_dsn):
         query(dsn, "CREATE TABLE tokens (id int PRIMARY KEY, active bool NOT NULL)")
         query(dsn, "INSERT INTO tokens SELECT g, true FROM generate_series(1, 10) g")
-    before = """  - {id: capture-green, kind: capture, on: green, table: tokens}
+    before = """  - {id: capture-green, kind: capture, method: trigger, on: green, table: tokens}
 """
     after = """  - id: validate
     kind: validate
@@ -309,7 +309,8 @@ def test_rollback_command_sends_traffic_back(dbs: Databases, bouncer: LocalPgBou
 
 def test_cutover_plan_renders_offline(tmp_path: Path, dbs: Databases, bouncer: LocalPgBouncer) -> None:
     plan = _cutover_plan(tmp_path / "plan.yaml", dbs, bouncer, extra="drain: [capture-tokens]")
-    plan.write_text(plan.read_text().replace("steps:\n", "steps:\n  - {id: capture-tokens, kind: capture, table: t}\n"))
+    plan.write_text(plan.read_text().replace(
+        "steps:\n", "steps:\n  - {id: capture-tokens, kind: capture, method: trigger, table: t}\n"))
     result = bluegreen(["run", str(plan), "--dry-run", "--offline"], cli_env(dbs))
     assert result.returncode == 0, result.stderr
     for text in (f"PAUSE {dbs.name}", "ALTER DATABASE", "SET default_transaction_read_only = on",

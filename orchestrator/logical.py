@@ -166,7 +166,7 @@ def preflight(conn: psycopg.Connection[Any], cluster: str, capture_id: str, tabl
             why = "REPLICA IDENTITY NOTHING" if info.identity == "n" else "no primary key"
             problems.append(f"{where}: {table.display} has {why}, so the WAL does not say which row an update or"
                             f" delete touched: give it a primary key, or set replica_identity: {{{table.display}:"
-                            " full}} (or a unique index's name) in the plan, or exclude it")
+                            " full} (or a unique index's name) in the plan, or exclude it")
             continue
         old = (reads_old or {}).get(table.display, set())
         full = (wanted or "").lower() == "full" or (wanted is None and info.identity == "f")

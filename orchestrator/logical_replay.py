@@ -403,14 +403,20 @@ class LogicalReplayer:
         return Progress(str(row[0]), None, lsn_to_int(row[1] or "0/0"), int(row[2]), int(row[3]))
 
     def lag(self, cap: int | None = None) -> Lag:
-        """Changes committed on the source and not applied yet (counted up to ``cap``), and the age of the oldest."""
+        """Changes committed on the source and not applied yet, and the age of the oldest.
+
+        Counted by decoding at most about four messages per change of ``cap`` (default :data:`LAG_CAP`):
+        past that the count says ``cap + 1``, "more than", which is all a gate needs.
+        """
         applied = self.progress().after_seq
         cap = cap or LAG_CAP
+        self.flush_source()
+        limit = max(4 * cap, 1000)
         rows = self.source.execute(
-            "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, 'proto_version', '1',"
-            " 'publication_names', %s)", (self.slot, cap, self.slot)).fetchall()
+            "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, 'proto_version', '1',"
+            " 'publication_names', %s)", (self.slot, limit, self.slot)).fetchall()
         count, oldest, skip = 0, None, False
-        for _lsn, data in rows:
+        for (data,) in rows:
             msg = pgoutput.parse_message(data)
             if isinstance(msg, pgoutput.Begin):
                 skip = msg.final_lsn <= applied
@@ -418,6 +424,8 @@ class LogicalReplayer:
                     oldest = msg.commit_time
             elif not skip and isinstance(msg, pgoutput.Insert | pgoutput.Update | pgoutput.Delete | pgoutput.Truncate):
                 count += 1
+        if len(rows) >= limit:
+            count = max(count, cap + 1)
         seconds = 0.0
         if oldest is not None:
             now = self.source.execute("SELECT clock_timestamp()").fetchone()
@@ -470,15 +478,14 @@ class LogicalReplayer:
     def _read_and_apply(self, result: RoundResult, deadline: float | None, upto: int | None) -> None:
         """One read of the slot, up to ``upto`` (default: what is flushed now), applied in target transactions.
 
-        The slot may then move (:attr:`_advance_to`) past every transaction the read returned and that is
+        Reading to "now" flushes the source's WAL first (:meth:`flush_source`): decoding reads only flushed
+        WAL. The slot may then move (:attr:`_advance_to`) past every transaction the read returned and that is
         committed on the target; past ``upto`` too when the read returned everything up to it (transactions
         with no captured change are not even sent, and the slot must not hold their WAL forever).
         """
         applied_lsn = self.progress().after_seq
-        if upto is None:
-            row = self.source.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
-            assert row is not None
-            upto = lsn_to_int(str(row[0]))
+        if upto is None:  # what committed until now, flushed (a commit with synchronous_commit = off may not be)
+            upto = self.flush_source()
         self._advance_to = 0
         last_end = 0
         pending: list[_Segment] = []
@@ -645,7 +652,7 @@ class LogicalReplayer:
                 table.quarantined.clear()
             return
         if segment.kind == "file":
-            self._apply_files(cur, segment.changes)
+            self._apply_files(cur, self._filtered(segment.changes))
             return
         changes = self._filtered(segment.changes)
         if sequential:
@@ -952,7 +959,7 @@ def _text(image: tuple[Any, ...] | None, i: int) -> str | None:
     if image is None or i >= len(image):
         return None
     value = image[i]
-    return None if value is UNCHANGED else str(value)
+    return value if isinstance(value, str) else None
 
 
 def _message(exc: BaseException) -> str:

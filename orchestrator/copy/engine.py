@@ -822,12 +822,17 @@ class SnapshotEngine:
     # -- post-data bookkeeping --------------------------------------------------------------------
 
     def _without_own_triggers(self, snap: SourceSnapshot, entries: list[TocEntry]) -> list[TocEntry]:
-        """Drop bluegreen's own triggers (captures) from a restore list: they stay on the source."""
-        own = {int(r[0]) for r in snap.conn.execute(
-            "SELECT oid FROM pg_trigger WHERE tgname LIKE %s", (TRIGGER_PREFIX + "%",)).fetchall()}
-        trigger_catalog = snap.conn.execute("SELECT 'pg_trigger'::regclass::oid").fetchone()
-        assert trigger_catalog is not None
-        return [e for e in entries if not (e.catalog == int(trigger_catalog[0]) and e.oid in own)]
+        """Drop bluegreen's own objects from a restore list: the capture triggers, and the logical captures'
+        publications (with their table memberships). They belong to the source."""
+        own: set[tuple[int, int]] = set()
+        for query in (
+                "SELECT 'pg_trigger'::regclass::oid, oid FROM pg_trigger WHERE starts_with(tgname::text, %(p)s)",
+                "SELECT 'pg_publication'::regclass::oid, oid FROM pg_publication"
+                " WHERE starts_with(pubname::text, %(p)s)",
+                "SELECT 'pg_publication_rel'::regclass::oid, r.oid FROM pg_publication_rel r"
+                " JOIN pg_publication p ON p.oid = r.prpubid WHERE starts_with(p.pubname::text, %(p)s)"):
+            own |= {(int(r[0]), int(r[1])) for r in snap.conn.execute(query, {"p": TRIGGER_PREFIX}).fetchall()}
+        return [e for e in entries if (e.catalog, e.oid) not in own]
 
     def _missing_on_target(self, snap: SourceSnapshot, target: psycopg.Connection[Any],
                            entries: list[TocEntry], quiet: bool = False) -> list[TocEntry]:

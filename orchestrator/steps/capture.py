@@ -366,6 +366,11 @@ class CaptureStep(Step[CaptureSpec]):
             state = self._resolve(ctx)
             ctx.put(self.state_key, state)
         ctx.run_actions(self._logical_plan(ctx, state))
+        if not state.get("fingerprint"):  # after the replica identities are set: the DDL check starts from here
+            with connect(ctx.dsns[self.spec.on], self.spec.on) as conn:
+                tables = [parse_qualified_name(t) for t in state["tables"]]
+                state = {**state, "fingerprint": fingerprint(conn, tables, state.get("schemas"))}
+            ctx.put(self.state_key, state)
         if self.standalone:
             with connect(ctx.dsns[self.spec.on], self.spec.on) as conn:
                 row = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
@@ -495,9 +500,8 @@ class CaptureStep(Step[CaptureSpec]):
                     "SELECT x.relname FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid"
                     " WHERE i.indrelid = to_regclass(%s) AND i.indisreplident", (display,)).fetchone()
                 identities[display] = [info.identity, index[0] if index else None]
-            prints = fingerprint(conn, tables, schemas if self._all_tables else None)
         return {"method": "logical", "name": name, "tables": [t.display for t in tables],
-                "schemas": schemas if self._all_tables else None, "identities": identities, "fingerprint": prints,
+                "schemas": schemas if self._all_tables else None, "identities": identities, "fingerprint": None,
                 "slot": "pending"}
 
     @property

@@ -168,7 +168,7 @@ class Cutover(Step[CutoverSpec]):
         if self.spec.fence:
             actions.append(SqlAction(id=f"fence_blue:{self.id}", target="blue", transactional=False, statements=(
                 sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(blue_db),
-                sql.SQL("SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity"
+                sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                         " WHERE datname = current_database() AND pid <> pg_backend_pid()"
                         " AND application_name NOT LIKE 'bluegreen%'"))))
         if self.spec.drain:
@@ -444,11 +444,14 @@ class Cutover(Step[CutoverSpec]):
                 " AND r.setrole = 0 AND s.setting LIKE 'default_transaction_read_only=%'").fetchone()
             conn.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on")
                          .format(sql.Identifier(db)))
-            # each terminate waits (up to 1 s) until that session is gone: a write it committed after the drain's
-            # fence would be lost to green
-            conn.execute("SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity"
-                         " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                         " AND backend_type = 'client backend' AND application_name NOT LIKE 'bluegreen%'")
+            others = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                      " AND backend_type = 'client backend' AND application_name NOT LIKE 'bluegreen%'")
+            conn.execute(f"SELECT pg_terminate_backend(pid) FROM ({others}) s")
+            # wait (up to 1 s) until they are gone: a write one committed after the drain's fence would be lost
+            for _ in range(100):
+                if not conn.execute(others).fetchone():
+                    break
+                time.sleep(0.01)
         return str(row[0]) if row else None
 
     def _unfence(self, ctx: StepContext, side: Target = "blue") -> None:

@@ -39,7 +39,7 @@ from orchestrator.localenv import Databases, LocalCluster, LocalPgBouncer, twin_
 # Columns of the tool's own schemas (bluegreen, bluegreen_quarantine, ...) whose values differ between two
 # runs of the same plan by nature: run ids, attempts, clock times, transaction ids, process ids.
 VOLATILE_TYPES = frozenset({"timestamp with time zone", "timestamp without time zone", "date", "xid", "xid8",
-                            "pg_snapshot", "interval"})
+                            "pg_snapshot", "interval", "pg_lsn"})
 VOLATILE_NAMES = frozenset({"run_id", "attempt", "pid", "backend_pid", "seconds", "duration", "rounds", "xmin",
                             "applied_by"})
 

@@ -320,3 +320,32 @@ def cli_env_for(blue_dsn: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEGREEN_")}
     env.update({"BLUE_DSN": blue_dsn, "COLUMNS": "200"})
     return env
+
+
+def test_a_killed_run_leaves_its_slot_listed_by_status_and_abort_drops_it(dbs: Databases, tmp_path: Path) -> None:
+    query(dbs.blue_dsn, SCHEMA)
+    plan = write_plan(tmp_path / "plan.yaml", "logical-abort", _steps())
+    env = cli_env(dbs)
+    killed = bluegreen(["run", str(plan)], {**env, "BLUEGREEN_FAULT": "after:create_slot:snap"})
+    assert killed.returncode == -9
+    status = bluegreen(["status", str(plan)], env)
+    assert status.returncode == 0, status.stderr
+    assert "bluegreen_1_cap" in status.stdout and "run 1 (running)" in status.stdout
+    aborted = bluegreen(["abort", str(plan)], env)
+    assert aborted.returncode == 0, aborted.stderr
+    assert "run 1 abandoned" in aborted.stdout
+    _no_slot_left(dbs, aborted.stderr)
+    assert scalar(dbs.blue_dsn, "SELECT status FROM bluegreen.runs WHERE run_id = 1") == "abandoned"
+    assert "bluegreen_" not in bluegreen(["status", str(plan)], env).stdout
+
+
+def test_a_plan_error_found_mid_run_rolls_back_and_leaves_no_slot(dbs: Databases, tmp_path: Path) -> None:
+    query(dbs.blue_dsn, SCHEMA)
+    drop = "  - {id: drop-on-green, kind: sql, on: green, sql: \"DROP TABLE tags\"}\n"
+    steps = _steps().replace("  - {id: catch-up", drop + "  - {id: catch-up")
+    plan = write_plan(tmp_path / "plan.yaml", "logical-plan-error", steps, defaults="{on_failure: rollback}")
+    result = bluegreen(["run", str(plan)], cli_env(dbs), timeout=240)
+    assert result.returncode == 1
+    assert "public.tags is not on green: give it a replay file" in result.stderr
+    assert "the run was rolled back" in result.stderr
+    _no_slot_left(dbs, result.stderr)

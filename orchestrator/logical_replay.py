@@ -179,10 +179,10 @@ class _Table:
     quarantine: sql.Identifier | None = None
     quarantined: set[tuple[Any, ...]] = field(default_factory=set)
     exists_on_target: bool = True
+    display: str = ""  # ``relation.display``, computed once (it is read for every change)
 
-    @property
-    def display(self) -> str:
-        return self.relation.display
+    def __post_init__(self) -> None:
+        self.display = self.relation.display
 
 
 @dataclass(slots=True)
@@ -696,7 +696,7 @@ class LogicalReplayer:
         query = sql.SQL(
             "SELECT e.i FROM unnest({arrays}) AS e(i, {names})"
             " CROSS JOIN LATERAL (SELECT {old}) AS old CROSS JOIN LATERAL (SELECT {new}) AS new WHERE {cond}").format(
-            arrays=sql.SQL(", ").join(sql.SQL("%s::int[]" if k == 0 else "%s::text[]") for k in range(len(arrays))),
+            arrays=sql.SQL(", ").join(sql.SQL("%b::int[]" if k == 0 else "%b::text[]") for k in range(len(arrays))),
             names=sql.SQL(", ").join(names), old=rows["old"], new=rows["new"], cond=sql.SQL(table.rule.when))
         return {int(r[0]) for r in self.source.execute(query, arrays).fetchall()}
 
@@ -767,7 +767,7 @@ class LogicalReplayer:
         keys = [table.columns[i] for i in table.key_index]
         return sql.SQL("DELETE FROM {rel} t USING unnest({arrays}) AS d({names}) WHERE ({tk}) = ({dk})").format(
             rel=table.relation.ident,
-            arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in keys),
+            arrays=sql.SQL(", ").join(sql.SQL("%b::text[]") for _ in keys),
             names=sql.SQL(", ").join(sql.Identifier(k) for k in keys),
             tk=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in keys),
             dk=sql.SQL(", ").join(sql.SQL("d.{}::{}").format(sql.Identifier(k), sql.SQL(table.target_types[k]))
@@ -788,7 +788,7 @@ class LogicalReplayer:
             overriding=sql.SQL(" OVERRIDING SYSTEM VALUE") if table.overriding else sql.SQL(""),
             casts=sql.SQL(", ").join(sql.SQL("u.{}::{}").format(sql.Identifier(n), sql.SQL(table.target_types[n]))
                                      for n in names),
-            arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in names),
+            arrays=sql.SQL(", ").join(sql.SQL("%b::text[]") for _ in names),
             key=sql.SQL(", ").join(sql.Identifier(k) for k in table.key), action=action)
 
     def _apply_keyless(self, cur: psycopg.Cursor[Any], changes: Sequence[_Change]) -> None:
@@ -802,7 +802,7 @@ class LogicalReplayer:
             overriding=sql.SQL(" OVERRIDING SYSTEM VALUE") if table.overriding else sql.SQL(""),
             casts=sql.SQL(", ").join(sql.SQL("u.{}::{}").format(sql.Identifier(n), sql.SQL(table.target_types[n]))
                                      for n in names),
-            arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in names))
+            arrays=sql.SQL(", ").join(sql.SQL("%b::text[]") for _ in names))
         match = sql.SQL(
             "ctid = (SELECT ctid FROM {rel} WHERE ({text}) IS NOT DISTINCT FROM ({params}) LIMIT 1)").format(
             rel=table.relation.ident,

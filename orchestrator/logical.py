@@ -170,10 +170,16 @@ def preflight(conn: psycopg.Connection[Any], cluster: str, capture_id: str, tabl
             continue
         old = (reads_old or {}).get(table.display, set())
         full = (wanted or "").lower() == "full" or (wanted is None and info.identity == "f")
-        missing = sorted(old - set(info.key)) if not full and wanted is None else []
+        key = list(info.key)
+        if wanted is not None and not full:  # the key will be the named index's columns
+            key = [r[0] for r in conn.execute(
+                "SELECT a.attname FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid"
+                " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)"
+                " WHERE i.indrelid = to_regclass(%s) AND x.relname = %s", (table.display, wanted)).fetchall()]
+        missing = [] if full else sorted(old - set(key))
         if missing:
             problems.append(f"{where}: the capture reads OLD.{missing[0]} of {table.display}, but {cluster} logs only"
-                            f" the key of an old row ({', '.join(info.key) or 'none'}): set replica_identity:"
+                            f" the key of an old row ({', '.join(key) or 'none'}): set replica_identity:"
                             f" {{{table.display}: full}} in the plan")
     for display, wanted in identities.items():
         if wanted.lower() == "full" or display not in found:

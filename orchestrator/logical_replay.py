@@ -50,9 +50,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -493,42 +495,65 @@ class LogicalReplayer:
         txn: pgoutput.Begin | None = None
         skip = False
         last_commit = 0
-        with self.source.transaction(), self._cursor(upto) as cursor:
-            while True:
-                rows = cursor.fetchmany(2000)
-                if not rows:
-                    break
-                for lsn_text, data in rows:
-                    msg = pgoutput.parse_message(data)
-                    if isinstance(msg, pgoutput.Begin):
-                        txn = msg
-                        skip = msg.final_lsn <= applied_lsn
-                    elif isinstance(msg, pgoutput.Commit):
-                        if txn is None:
-                            raise BluegreenError(f"capture {self.capture.id!r}: a Commit without its Begin")
-                        last_commit, last_end = txn.final_lsn, msg.end_lsn
-                        if not skip and (pending_changes >= self.batch_size
-                                         or txn.final_lsn <= self._sequential_until):
-                            self._commit(pending, pending_changes, txn.final_lsn, result)
-                            applied_lsn = txn.final_lsn
-                            self._advance_to = last_end
-                            pending, pending_changes = [], 0
-                            if deadline is not None and time.monotonic() > deadline:
-                                return  # finished stays False: the rest of this read is read again next round
-                        elif skip:
-                            self._advance_to = max(self._advance_to, last_end)
-                        txn = None
-                    elif isinstance(msg, pgoutput.Relation):
-                        self._relation(msg)
-                    elif skip or txn is None:
-                        continue
-                    elif isinstance(msg, pgoutput.Truncate):
-                        pending_changes += self._truncate(pending, msg)
-                    elif isinstance(msg, pgoutput.Insert | pgoutput.Update | pgoutput.Delete):
-                        pending_changes += self._change(pending, msg, txn, lsn_to_int(lsn_text))
-        if pending_changes or (last_commit > applied_lsn):
-            self._commit(pending, pending_changes, max(last_commit, applied_lsn), result)
-            self._advance_to = last_end
+        # Target transactions run on a worker thread, one at a time and in order, while this thread reads and
+        # parses the next batch: the slot's read and green's writes overlap. A transaction's error surfaces
+        # when the next one is handed over (or at the end), before anything after it is committed.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bluegreen-apply") as pool:
+            inflight: Future[None] | None = None
+
+            def commit(segments: list[_Segment], count: int, lsn: int) -> None:
+                nonlocal inflight
+                if inflight is not None:
+                    inflight.result()
+                inflight = pool.submit(self._commit, segments, count, lsn, result)
+
+            try:
+                with self.source.transaction(), self._cursor(upto) as cursor:
+                    while True:
+                        rows = cursor.fetchmany(2000)
+                        if not rows:
+                            break
+                        for lsn_text, data in rows:
+                            msg = pgoutput.parse_message(data)
+                            if isinstance(msg, pgoutput.Begin):
+                                txn = msg
+                                skip = msg.final_lsn <= applied_lsn
+                            elif isinstance(msg, pgoutput.Commit):
+                                if txn is None:
+                                    raise BluegreenError(f"capture {self.capture.id!r}: a Commit without its Begin")
+                                last_commit, last_end = txn.final_lsn, msg.end_lsn
+                                if not skip and (pending_changes >= self.batch_size
+                                                 or txn.final_lsn <= self._sequential_until):
+                                    commit(pending, pending_changes, txn.final_lsn)
+                                    applied_lsn = txn.final_lsn
+                                    self._advance_to = last_end
+                                    pending, pending_changes = [], 0
+                                    if deadline is not None and time.monotonic() > deadline:
+                                        return  # finished stays False: the rest is read again next round
+                                elif skip:
+                                    self._advance_to = max(self._advance_to, last_end)
+                                txn = None
+                            elif isinstance(msg, pgoutput.Relation):
+                                self._relation(msg)
+                            elif skip or txn is None:
+                                continue
+                            elif isinstance(msg, pgoutput.Truncate):
+                                pending_changes += self._truncate(pending, msg)
+                            elif isinstance(msg, pgoutput.Insert | pgoutput.Update | pgoutput.Delete):
+                                pending_changes += self._change(pending, msg, txn, lsn_to_int(lsn_text))
+                if pending_changes or (last_commit > applied_lsn):
+                    commit(pending, pending_changes, max(last_commit, applied_lsn))
+                    self._advance_to = last_end
+                if inflight is not None:
+                    inflight.result()
+                    inflight = None
+            finally:
+                if inflight is not None:  # leaving early: let the target transaction in flight end first
+                    try:
+                        inflight.result()
+                    except BaseException:
+                        if sys.exc_info()[0] is None:
+                            raise
         result.finished = True
         self._advance_to = max(self._advance_to, upto)
 

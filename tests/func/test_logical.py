@@ -275,6 +275,12 @@ def test_bad_input_on_the_session_clusters_is_refused_before_anything(dbs: Datab
                                                  " primary key")
     plan = write_plan(tmp_path / "b.yaml", "unknown", "  - {id: cap, kind: capture, tables: [fine, nosuch]}\n")
     _refused(bluegreen(["run", str(plan)], env), "no table public.nosuch on blue")
+    plan = write_plan(tmp_path / "w.yaml", "old-columns", "  - {id: cap, kind: capture, table: keyless,"
+                                                          " events: [update], when: \"OLD.b <> NEW.b\","
+                                                          " replica_identity: {keyless: 'keyless_a'}}\n")
+    query(dbs.blue_dsn, "CREATE UNIQUE INDEX keyless_a ON keyless (a); ALTER TABLE keyless ALTER a SET NOT NULL")
+    _refused(bluegreen(["run", str(plan)], env), "the capture reads OLD.b of public.keyless, but blue logs only the"
+                                                 " key of an old row (a): set replica_identity:")
     query(dbs.blue_dsn, "CREATE ROLE norep LOGIN PASSWORD 'pw-norep'; GRANT CREATE ON DATABASE "
                         f"{dbs.name} TO norep; ALTER TABLE fine OWNER TO norep")
     try:
@@ -349,3 +355,63 @@ def test_a_plan_error_found_mid_run_rolls_back_and_leaves_no_slot(dbs: Databases
     assert "public.tags is not on green: give it a replay file" in result.stderr
     assert "the run was rolled back" in result.stderr
     _no_slot_left(dbs, result.stderr)
+
+
+# capture and copy, then stop on a failing step (the run stays unfinished, so its slot stays for the test)
+HELD_OPEN = ("  - {id: cap, kind: capture}\n  - {id: snap, kind: snapshot}\n"
+             "  - {id: stop-here, kind: sql, on: blue, sql: \"SELECT 1 / 0\"}\n")
+
+
+def _replayer(dbs: Databases, source: psycopg.Connection[Any], target: psycopg.Connection[Any]) -> Any:
+    """The capture's replayer, as the replay step opens it, with the run's state read from the journal."""
+    from orchestrator.logical_replay import LogicalCaptureInfo, LogicalReplayer
+
+    state = dict(query(dbs.blue_dsn, "SELECT key, value FROM bluegreen.run_state WHERE run_id = 1"))
+    capture = LogicalCaptureInfo("cap", "blue", "green", snapshot_step="snap")
+    replayer = LogicalReplayer(capture, source, target, run_id=1, batch_size=100, get=state.get)
+    replayer.setup()
+    return replayer
+
+
+def test_a_batch_that_reorders_into_a_conflict_falls_back_to_one_change_at_a_time(dbs: Databases,
+                                                                                   tmp_path: Path) -> None:
+    query(dbs.blue_dsn, "CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE NOT NULL, n int NOT NULL);"
+                        " INSERT INTO users SELECT g, 'u' || g, 0 FROM generate_series(1, 5) g")
+    assert bluegreen(["run", str(write_plan(tmp_path / "p.yaml", "swap", HELD_OPEN))], cli_env(dbs)).returncode == 1
+    # swap two emails through a temporary value, move a key, delete and insert again: the last change per key,
+    # in the order of those last changes, collides with a unique index that the commit order never hits
+    query(dbs.blue_dsn, "UPDATE users SET email = 'tmp' WHERE id = 1")
+    query(dbs.blue_dsn, "UPDATE users SET email = 'u1' WHERE id = 2")
+    query(dbs.blue_dsn, "UPDATE users SET email = 'u2' WHERE id = 1")
+    query(dbs.blue_dsn, "UPDATE users SET id = 50, n = 1 WHERE id = 3")
+    query(dbs.blue_dsn, "DELETE FROM users WHERE id = 4; INSERT INTO users VALUES (4, 'again', 9)")
+    query(dbs.blue_dsn, "UPDATE users SET n = n + 1")
+    with psycopg.connect(dbs.blue_dsn, autocommit=True) as source, \
+            psycopg.connect(dbs.green_dsn, autocommit=True) as target:
+        result = _replayer(dbs, source, target).round()
+    assert result.fallbacks == 1 and result.events == 11
+    assert table_rows(dbs.blue_dsn, "users") == table_rows(dbs.green_dsn, "users")
+    assert scalar(dbs.blue_dsn, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'bluegreen_1_cap'"
+                                " AND confirmed_flush_lsn > restart_lsn") == 1  # advanced once green committed
+
+
+def test_changes_of_a_quarantined_row_are_quarantined_not_replayed(dbs: Databases, tmp_path: Path) -> None:
+    query(dbs.blue_dsn, "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL);"
+                        " INSERT INTO items SELECT g, g FROM generate_series(1, 10) g")
+    assert bluegreen(["run", str(write_plan(tmp_path / "p.yaml", "held", HELD_OPEN))], cli_env(dbs)).returncode == 1
+    with psycopg.connect(dbs.green_dsn, autocommit=True) as conn:  # a cleanup on green set rows 5 and 6 aside
+        conn.execute((Path(__file__).resolve().parents[2] / "sql" / "quarantine.sql").read_text().encode())
+        conn.execute("SELECT bluegreen_quarantine.clean('items'::regclass, 'id IN (5, 6)', 'items_v_check',"
+                     " 'quarantine', 1, 'cleanup')")
+    query(dbs.blue_dsn, "UPDATE items SET v = 500 WHERE id IN (5, 7)")
+    query(dbs.blue_dsn, "DELETE FROM items WHERE id = 6")
+    with psycopg.connect(dbs.blue_dsn, autocommit=True) as source, \
+            psycopg.connect(dbs.green_dsn, autocommit=True) as target:
+        result = _replayer(dbs, source, target).round()
+    assert (result.events, result.quarantined) == (3, 2)
+    assert query(dbs.green_dsn, "SELECT id, v FROM items WHERE id BETWEEN 5 AND 7 ORDER BY id") == [(7, 500)]
+    held = query(dbs.green_dsn, "SELECT row_data->>'id', row_data->>'v', constraint_name"
+                                " FROM bluegreen_quarantine.items ORDER BY quarantine_id")
+    # a delete's old row holds only its key (the primary key is the replica identity)
+    assert held == [("5", "5", "items_v_check"), ("6", "6", "items_v_check"), ("5", "500", "replay"),
+                    ("6", None, "replay")]

@@ -50,8 +50,7 @@ def test_hydra_1_11_10_to_2_3_0_under_traffic_loses_no_revocation() -> None:
     assert all(s["status"] == "done" for s in payload["steps"])
     assert steps["snapshot"]["stats"]["green"]["tup_inserted"] >= 2 * SCALE
     assert any(c["name"] == "pause" for c in steps["cutover"]["checks"])
-    assert "slot bluegreen_" in output and "the copy reads under the snapshot it exported" in output
-    assert "dropped slot bluegreen_" in output  # the run ended: its slot and publication are gone
+    assert any(c["name"] == "publication" for c in steps["capture"]["checks"])  # captured by logical decoding
 
     traffic = payload["traffic"]
     assert traffic["transactions"] > 0

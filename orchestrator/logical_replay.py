@@ -48,10 +48,8 @@ applied on its own, in order.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -72,7 +70,7 @@ from .errors import BluegreenError, UsageError
 from .faults import fault
 from .logical import SchemaChanged, SlotLost, capture_name, fingerprint, fingerprint_changes, slot_exists
 from .pgoutput import UNCHANGED, int_to_lsn, lsn_to_int
-from .replay import DrainDeadline, Lag, Progress, ReplaySql, RoundResult, compile_replay_sql
+from .replay import DrainDeadline, Lag, Progress, ReplaySql, RoundResult, bounded_drain, compile_replay_sql
 from .sqlfiles import read_sql
 
 if TYPE_CHECKING:
@@ -920,33 +918,11 @@ class LogicalReplayer:
             and a target transaction still running is cancelled (it rolls back with its progress).
         :raises DrainDeadline: the deadline passed first; the next drain goes on from the last commit.
         """
-        total = RoundResult()
         if deadline is not None and time.monotonic() >= deadline:
             raise DrainDeadline(f"capture {self.capture.id!r}: no time left to drain it")
         fence = self.flush_source()
-        with _cancelled_at(self.target, deadline) as cancelled:
-            try:
-                while True:
-                    part = self.round(deadline, upto=fence)
-                    total.events += part.events
-                    total.batches += part.batches
-                    total.fallbacks += part.fallbacks
-                    total.quarantined += part.quarantined
-                    total.seconds += part.seconds
-                    if part.finished:
-                        break
-                    raise DrainDeadline(f"capture {self.capture.id!r}: stopped at the deadline after"
-                                        f" {total.events:,} change(s); the rest on the next drain")
-            except DrainDeadline:
-                raise
-            except Exception as exc:
-                if not cancelled.is_set():
-                    raise
-                raise DrainDeadline(f"capture {self.capture.id!r}: a batch still running at the deadline was"
-                                    f" cancelled after {total.events:,} change(s); the rest on the next drain"
-                                    ) from exc
-        total.finished = True
-        return total
+        return bounded_drain(self.capture.id, self.target, deadline,
+                             lambda n: self.round(deadline, upto=fence) if n == 0 else None)
 
     def flush_source(self) -> int:
         """Flush the source's WAL to now (see :meth:`drain`); return the LSN everything committed is below."""
@@ -991,29 +967,6 @@ def _message(exc: BaseException) -> str:
     from .replay import _message as message
 
     return message(exc)
-
-
-@contextmanager
-def _cancelled_at(conn: psycopg.Connection[Any], deadline: float | None) -> Iterator[threading.Event]:
-    """Cancel whatever ``conn`` runs at ``deadline`` (a timer thread); the event says it fired."""
-    fired = threading.Event()
-    if deadline is None:
-        yield fired
-        return
-
-    def cancel() -> None:
-        fired.set()
-        with contextlib.suppress(psycopg.Error):
-            conn.cancel_safe(timeout=5.0)
-
-    timer = threading.Timer(max(0.0, deadline - time.monotonic()), cancel)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield fired
-    finally:
-        timer.cancel()
-        timer.join()
 
 
 def check_routes(capture: LogicalCaptureInfo, dsns: dict[str, str], run_id: int,

@@ -263,6 +263,14 @@ class RoundResult:
     seconds: float = 0.0
     finished: bool = False  # the round applied its last batch (False: it stopped at its deadline)
 
+    def add(self, other: RoundResult) -> None:
+        """Count ``other``'s work into this one (a drain's total of its rounds)."""
+        self.events += other.events
+        self.batches += other.batches
+        self.fallbacks += other.fallbacks
+        self.quarantined += other.quarantined
+        self.seconds += other.seconds
+
 
 @dataclass(frozen=True, slots=True)
 class _Event:
@@ -501,56 +509,9 @@ class Replayer:
         :raises DrainDeadline: the deadline passed first (before anything, if it already had); the next
             drain goes on from the last committed batch.
         """
-        total = RoundResult()
-        if deadline is not None and time.monotonic() >= deadline:
-            raise DrainDeadline(f"capture {self.capture.id!r}: no time left to drain it")
-        with self._cancelled_at(deadline) as cancelled:
-            try:
-                for _ in range(2 if self.progress().round is not None else 1):
-                    part = self.round(deadline)
-                    total.events += part.events
-                    total.batches += part.batches
-                    total.fallbacks += part.fallbacks
-                    total.quarantined += part.quarantined
-                    total.seconds += part.seconds
-                    if not part.finished:  # stopped between batches at the deadline
-                        raise DrainDeadline(f"capture {self.capture.id!r}: stopped at the deadline after"
-                                            f" {total.events:,} event(s); the rest on the next drain")
-            except DrainDeadline:
-                raise
-            except Exception as exc:
-                if not cancelled.is_set():
-                    raise
-                raise DrainDeadline(f"capture {self.capture.id!r}: a batch still running at the deadline was"
-                                    f" cancelled after {total.events:,} event(s); the rest on the next drain"
-                                    ) from exc
-        return total
-
-    @contextmanager
-    def _cancelled_at(self, deadline: float | None) -> Iterator[threading.Event]:
-        """Cancel whatever the target runs at ``deadline`` (a timer thread); the event says it fired.
-
-        A cancel that reaches an idle session is ignored by the server, so firing between two batches is
-        harmless: the round's own deadline check stops there.
-        """
-        fired = threading.Event()
-        if deadline is None:
-            yield fired
-            return
-
-        def cancel() -> None:
-            fired.set()
-            with contextlib.suppress(psycopg.Error):
-                self.target.cancel_safe(timeout=5.0)
-
-        timer = threading.Timer(max(0.0, deadline - time.monotonic()), cancel)
-        timer.daemon = True
-        timer.start()
-        try:
-            yield fired
-        finally:
-            timer.cancel()
-            timer.join()
+        rounds = 2 if self.progress().round is not None else 1
+        return bounded_drain(self.capture.id, self.target, deadline, lambda n: self.round(deadline) if n < rounds
+                             else None)
 
     def catch_up(self, max_lag: int, deadline: float, on_round: Callable[[RoundResult, Lag], None] | None = None,
                  ) -> Lag:
@@ -791,6 +752,66 @@ class Replayer:
 
 
 AnyReplayer: TypeAlias = "Replayer | LogicalReplayer"
+
+
+def bounded_drain(capture_id: str, target: psycopg.Connection[Any], deadline: float | None,
+                  next_round: Callable[[int], RoundResult | None]) -> RoundResult:
+    """Run ``next_round(0)``, ``next_round(1)``, ... until it returns None, within ``deadline``; their total.
+
+    Past the deadline the rounds stop between batches (a round that did not finish), and a batch still running
+    on ``target`` is cancelled there (:func:`cancelled_at`): its transaction, progress included, rolls back.
+
+    :raises DrainDeadline: the deadline passed first (before anything, if it already had); the next drain goes
+        on from the last committed batch.
+    """
+    total = RoundResult()
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DrainDeadline(f"capture {capture_id!r}: no time left to drain it")
+    with cancelled_at(target, deadline) as cancelled:
+        try:
+            n = 0
+            while (part := next_round(n)) is not None:
+                total.add(part)
+                n += 1
+                if not part.finished:  # stopped between batches at the deadline
+                    raise DrainDeadline(f"capture {capture_id!r}: stopped at the deadline after"
+                                        f" {total.events:,} event(s); the rest on the next drain")
+        except DrainDeadline:
+            raise
+        except Exception as exc:
+            if not cancelled.is_set():
+                raise
+            raise DrainDeadline(f"capture {capture_id!r}: a batch still running at the deadline was"
+                                f" cancelled after {total.events:,} event(s); the rest on the next drain") from exc
+    total.finished = True
+    return total
+
+
+@contextmanager
+def cancelled_at(conn: psycopg.Connection[Any], deadline: float | None) -> Iterator[threading.Event]:
+    """Cancel whatever ``conn`` runs at ``deadline`` (a timer thread); the event says it fired.
+
+    A cancel that reaches an idle session is ignored by the server, so firing between two batches is
+    harmless: the round's own deadline check stops there.
+    """
+    fired = threading.Event()
+    if deadline is None:
+        yield fired
+        return
+
+    def cancel() -> None:
+        fired.set()
+        with contextlib.suppress(psycopg.Error):
+            conn.cancel_safe(timeout=5.0)
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), cancel)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired
+    finally:
+        timer.cancel()
+        timer.join()
 
 
 def _message(exc: BaseException) -> str:

@@ -31,6 +31,7 @@ from pydantic import Field
 from ..actions import Action, SqlAction
 from ..copy import PreconditionFailed
 from ..errors import BluegreenError, UsageError
+from ..logical import format_bytes, list_slots
 from ..logical_replay import LogicalCaptureInfo, LogicalReplayer
 from ..pgoutput import int_to_lsn
 from ..replay import (
@@ -247,7 +248,23 @@ class ReplayStep(Step[ReplaySpec]):
                 continue
             checks.append(Check(f"replay {cap.id}", int(row[0]) >= 1,
                                 f"{row[1]} events applied in {row[0]} round(s) on {cap.target}"))
+            if isinstance(cap, LogicalCaptureInfo):
+                checks.append(self._slot_check(ctx, cap))
         return checks
+
+    def _slot_check(self, ctx: StepContext, cap: LogicalCaptureInfo) -> Check:
+        """The WAL the capture's slot holds on its cluster, against its ``max_retained_wal``."""
+        from ..steps.capture import CaptureSpec
+
+        spec = next(s for s in self.loaded.plan.steps if isinstance(s, CaptureSpec) and s.id == cap.id)
+        with ctx.connect(cap.source) as conn:
+            slot = next((s for s in list_slots(conn) if s.name == cap.name(ctx.run_id)), None)
+        if slot is None:
+            return Check(f"slot {cap.id}", False, f"slot {cap.name(ctx.run_id)} is gone from {cap.source}")
+        retained = slot.retained or 0
+        return Check(f"slot {cap.id}", retained <= spec.max_retained_wal,
+                     f"{slot.name} retains {format_bytes(retained)} of WAL on {cap.source}"
+                     f" (max_retained_wal {format_bytes(spec.max_retained_wal)})")
 
 
 class _Catcher(Protocol):

@@ -10,6 +10,7 @@ up front (exit 2, nothing created).
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -243,8 +244,12 @@ def test_when_and_replay_files_apply_to_decoded_rows(dbs: Databases, tmp_path: P
              "      - UPDATE tokens SET note = 'touched' WHERE sig = 't3'\n"
              "      - UPDATE other SET v = 2\n"
              "  - {id: catch-up, kind: replay, max_lag: 0}\n")
-    result = bluegreen(["run", str(write_plan(tmp_path / "plan.yaml", "logical-when", steps))], cli_env(dbs))
+    result = bluegreen(["run", str(write_plan(tmp_path / "plan.yaml", "logical-when", steps)), "--json"],
+                       cli_env(dbs))
     assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    checks = {c["name"]: c for s in report["steps"] for c in s["checks"]}
+    assert checks["slot cap"]["ok"] and " of WAL on blue (max_retained_wal 2.0 GB)" in checks["slot cap"]["detail"]
     assert query(dbs.green_dsn, "SELECT sig, active, note FROM tokens WHERE sig IN ('t1', 't2', 't3') ORDER BY 1") == [
         ("t1", False, "revoked via update"), ("t2", False, "revoked via update"), ("t3", True, "n")]
     assert scalar(dbs.green_dsn, "SELECT v FROM other") == 2  # a table with no rule: the default upsert

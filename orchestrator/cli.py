@@ -147,6 +147,22 @@ def rollback(plan: PlanArg, as_json: JsonOpt = False, report_file: ReportOpt = N
 
 
 @app.command()
+def abort(plan: PlanArg, as_json: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+    """End the unfinished run where it stands: drop its replication slots and publications, mark it abandoned.
+
+    Nothing else is undone (use rollback for that); slots that crashed runs of this plan left behind go too.
+    """
+    _logging(verbose)
+    runner = guard(as_json, lambda: Runner(load_plan(plan), ui.RichReporter(ui.make_console(stderr=True))))
+    report = guard(as_json, runner.abort, runner)
+    if as_json:
+        ui.print_json({"ok": True, **secrets.redact_obj(report.to_dict())})
+    else:
+        ui.make_console().print(f"plan {report.plan}: " + (f"run {report.run_id} abandoned" if report.run_id
+                                                           else "no unfinished run") + "; slots released")
+
+
+@app.command()
 def schema(out: Annotated[Path | None, typer.Option("--out", help="write to FILE instead of stdout")] = None
            ) -> None:
     """Write the plan file's JSON Schema (for editor completion and validation)."""

@@ -103,6 +103,15 @@ class Journal:
         runs = self._runs("plan_name = %s AND finished_at IS NULL", (plan_name,))
         return runs[0] if runs else None
 
+    def runs_of(self, plan_name: str) -> list[RunRecord]:
+        """Every run of the plan, the newest first."""
+        return self._runs("plan_name = %s", (plan_name,))
+
+    def state_keys(self, run_id: int) -> list[str]:
+        """The keys of a run's state (``put_state``)."""
+        return [r[0] for r in self.conn.execute("SELECT key FROM bluegreen.run_state WHERE run_id = %s ORDER BY key",
+                                                (run_id,)).fetchall()]
+
     def latest(self, plan_name: str) -> RunRecord | None:
         runs = self._runs("plan_name = %s", (plan_name,))
         return runs[0] if runs else None

@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
@@ -115,10 +115,18 @@ class LoadedPlan:
     plan: Plan
     path: Path
     sha256: str
+    located: Located | None = field(default=None, compare=False, repr=False)
+    source: str = ""  # the file's name as given (messages name it so)
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    def problem(self, step_index: int, loc: tuple[str | int, ...], message: str) -> PlanProblem:
+        """A problem found about step ``step_index`` after loading (a preflight), at its line in the file."""
+        full = ("steps", step_index, *loc)
+        line = self.located.line_of(full) if self.located is not None else None
+        return PlanProblem(self.source or str(self.path), line, format_loc(full), message)
 
 
 def load_plan(path: str | Path, env: Mapping[str, str] | None = None) -> LoadedPlan:
@@ -150,7 +158,7 @@ def load_plan(path: str | Path, env: Mapping[str, str] | None = None) -> LoadedP
                   for i, step in enumerate(plan.steps) for loc, message in step.reference_problems(plan.steps[:i])]
     if references:
         raise PlanError(references)
-    return LoadedPlan(plan, path.resolve(), hashlib.sha256(raw).hexdigest())
+    return LoadedPlan(plan, path.resolve(), hashlib.sha256(raw).hexdigest(), located, name)
 
 
 def _problems(exc: ValidationError, located: Located, filename: str) -> list[PlanProblem]:

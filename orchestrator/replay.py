@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import psycopg
 from pglast import parse_sql, parser
@@ -65,6 +65,7 @@ from .sqlanalysis.parse import position
 from .sqlfiles import read_sql
 
 if TYPE_CHECKING:
+    from .logical_replay import LogicalCaptureInfo, LogicalReplayer
     from .plan import LoadedPlan
 
 log = logging.getLogger(__name__)
@@ -214,13 +215,17 @@ class CaptureInfo:
     fire_triggers: bool = False
 
 
-def captures_of(loaded: LoadedPlan) -> dict[str, CaptureInfo]:
-    """Every ``capture`` step of a plan, by id, as the engine needs it."""
+def captures_of(loaded: LoadedPlan) -> dict[str, CaptureInfo | LogicalCaptureInfo]:
+    """Every ``capture`` step of a plan, by id, as its replay engine needs it (trigger or logical)."""
+    from .logical_replay import logical_captures_of
     from .steps.capture import CaptureSpec
 
-    out: dict[str, CaptureInfo] = {}
+    out: dict[str, CaptureInfo | LogicalCaptureInfo] = {}
+    logical = logical_captures_of(loaded)
     for spec in loaded.plan.steps:
-        if isinstance(spec, CaptureSpec):
+        if spec.id in logical:
+            out[spec.id] = logical[spec.id]
+        elif isinstance(spec, CaptureSpec):
             replay = None
             if spec.replay is not None:
                 path = loaded.base_dir / spec.replay
@@ -257,6 +262,14 @@ class RoundResult:
     quarantined: int = 0
     seconds: float = 0.0
     finished: bool = False  # the round applied its last batch (False: it stopped at its deadline)
+
+    def add(self, other: RoundResult) -> None:
+        """Count ``other``'s work into this one (a drain's total of its rounds)."""
+        self.events += other.events
+        self.batches += other.batches
+        self.fallbacks += other.fallbacks
+        self.quarantined += other.quarantined
+        self.seconds += other.seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,56 +509,9 @@ class Replayer:
         :raises DrainDeadline: the deadline passed first (before anything, if it already had); the next
             drain goes on from the last committed batch.
         """
-        total = RoundResult()
-        if deadline is not None and time.monotonic() >= deadline:
-            raise DrainDeadline(f"capture {self.capture.id!r}: no time left to drain it")
-        with self._cancelled_at(deadline) as cancelled:
-            try:
-                for _ in range(2 if self.progress().round is not None else 1):
-                    part = self.round(deadline)
-                    total.events += part.events
-                    total.batches += part.batches
-                    total.fallbacks += part.fallbacks
-                    total.quarantined += part.quarantined
-                    total.seconds += part.seconds
-                    if not part.finished:  # stopped between batches at the deadline
-                        raise DrainDeadline(f"capture {self.capture.id!r}: stopped at the deadline after"
-                                            f" {total.events:,} event(s); the rest on the next drain")
-            except DrainDeadline:
-                raise
-            except Exception as exc:
-                if not cancelled.is_set():
-                    raise
-                raise DrainDeadline(f"capture {self.capture.id!r}: a batch still running at the deadline was"
-                                    f" cancelled after {total.events:,} event(s); the rest on the next drain"
-                                    ) from exc
-        return total
-
-    @contextmanager
-    def _cancelled_at(self, deadline: float | None) -> Iterator[threading.Event]:
-        """Cancel whatever the target runs at ``deadline`` (a timer thread); the event says it fired.
-
-        A cancel that reaches an idle session is ignored by the server, so firing between two batches is
-        harmless: the round's own deadline check stops there.
-        """
-        fired = threading.Event()
-        if deadline is None:
-            yield fired
-            return
-
-        def cancel() -> None:
-            fired.set()
-            with contextlib.suppress(psycopg.Error):
-                self.target.cancel_safe(timeout=5.0)
-
-        timer = threading.Timer(max(0.0, deadline - time.monotonic()), cancel)
-        timer.daemon = True
-        timer.start()
-        try:
-            yield fired
-        finally:
-            timer.cancel()
-            timer.join()
+        rounds = 2 if self.progress().round is not None else 1
+        return bounded_drain(self.capture.id, self.target, deadline, lambda n: self.round(deadline) if n < rounds
+                             else None)
 
     def catch_up(self, max_lag: int, deadline: float, on_round: Callable[[RoundResult, Lag], None] | None = None,
                  ) -> Lag:
@@ -785,6 +751,69 @@ class Replayer:
                 cur.execute(query, {key: event.params[i] for key, i in picks})
 
 
+AnyReplayer: TypeAlias = "Replayer | LogicalReplayer"
+
+
+def bounded_drain(capture_id: str, target: psycopg.Connection[Any], deadline: float | None,
+                  next_round: Callable[[int], RoundResult | None]) -> RoundResult:
+    """Run ``next_round(0)``, ``next_round(1)``, ... until it returns None, within ``deadline``; their total.
+
+    Past the deadline the rounds stop between batches (a round that did not finish), and a batch still running
+    on ``target`` is cancelled there (:func:`cancelled_at`): its transaction, progress included, rolls back.
+
+    :raises DrainDeadline: the deadline passed first (before anything, if it already had); the next drain goes
+        on from the last committed batch.
+    """
+    total = RoundResult()
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DrainDeadline(f"capture {capture_id!r}: no time left to drain it")
+    with cancelled_at(target, deadline) as cancelled:
+        try:
+            n = 0
+            while (part := next_round(n)) is not None:
+                total.add(part)
+                n += 1
+                if not part.finished:  # stopped between batches at the deadline
+                    raise DrainDeadline(f"capture {capture_id!r}: stopped at the deadline after"
+                                        f" {total.events:,} event(s); the rest on the next drain")
+        except DrainDeadline:
+            raise
+        except Exception as exc:
+            if not cancelled.is_set():
+                raise
+            raise DrainDeadline(f"capture {capture_id!r}: a batch still running at the deadline was"
+                                f" cancelled after {total.events:,} event(s); the rest on the next drain") from exc
+    total.finished = True
+    return total
+
+
+@contextmanager
+def cancelled_at(conn: psycopg.Connection[Any], deadline: float | None) -> Iterator[threading.Event]:
+    """Cancel whatever ``conn`` runs at ``deadline`` (a timer thread); the event says it fired.
+
+    A cancel that reaches an idle session is ignored by the server, so firing between two batches is
+    harmless: the round's own deadline check stops there.
+    """
+    fired = threading.Event()
+    if deadline is None:
+        yield fired
+        return
+
+    def cancel() -> None:
+        fired.set()
+        with contextlib.suppress(psycopg.Error):
+            conn.cancel_safe(timeout=5.0)
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), cancel)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired
+    finally:
+        timer.cancel()
+        timer.join()
+
+
 def _message(exc: BaseException) -> str:
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) if diag is not None else None
@@ -796,19 +825,27 @@ def _message(exc: BaseException) -> str:
 # -- driving replays from a step ----------------------------------------------------------------
 
 
-def open_replayer(capture: CaptureInfo, dsns: dict[str, str], run_id: int, batch_size: int,
-                  on_batch: Callable[[int, int], None] | None = None) -> Replayer:
-    """A replayer with its own two connections (close them with :func:`close_replayer`)."""
+def open_replayer(capture: CaptureInfo | LogicalCaptureInfo, dsns: dict[str, str], run_id: int, batch_size: int,
+                  on_batch: Callable[[int, int], None] | None = None,
+                  get: Callable[[str], Any] = lambda key: None) -> AnyReplayer:
+    """A replayer with its own two connections (close them with :func:`close_replayer`).
+
+    :param get: the run's state (a logical capture reads its tables and the copy's snapshots there).
+    """
+    from .logical_replay import LogicalCaptureInfo, LogicalReplayer
+
     source = connect(dsns[capture.source], capture.source)
     try:
         target = connect(dsns[capture.target], capture.target)
     except BaseException:
         source.close()
         raise
+    if isinstance(capture, LogicalCaptureInfo):
+        return LogicalReplayer(capture, source, target, run_id, batch_size, on_batch, get)
     return Replayer(capture, source, target, run_id, batch_size, on_batch)
 
 
-def close_replayer(replayer: Replayer) -> None:
+def close_replayer(replayer: AnyReplayer) -> None:
     for conn in (replayer.source, replayer.target):
         if not conn.closed:
             conn.close()
@@ -825,7 +862,8 @@ def snapshot_for(state: Any, relation: QualifiedName) -> str | None:
 
 @contextmanager
 def drainers(loaded: LoadedPlan, dsns: dict[str, str], run_id: int, capture_ids: Iterable[str],
-             batch_size: int | None = None, from_start: bool = False) -> Iterator[list[tuple[str, Replayer]]]:
+             batch_size: int | None = None, from_start: bool = False,
+             get: Callable[[str], Any] = lambda key: None) -> Iterator[list[tuple[str, AnyReplayer]]]:
     """A replayer per capture, opened (two connections each) and checked, ready to drain; closed at the end.
 
     The cutover opens them before its pause, so that the pause does not pay for the connections. Each
@@ -834,13 +872,13 @@ def drainers(loaded: LoadedPlan, dsns: dict[str, str], run_id: int, capture_ids:
     it captured is on blue). An existing progress row is kept either way.
     """
     captures = captures_of(loaded)
-    opened: list[tuple[str, Replayer]] = []
+    opened: list[tuple[str, AnyReplayer]] = []
     try:
         for capture_id in capture_ids:
             if capture_id not in captures:
                 raise UsageError(f"no capture step {capture_id!r} in the plan")
             replayer = open_replayer(captures[capture_id], dsns, run_id,
-                                     batch_size or loaded.plan.defaults.batch_size)
+                                     batch_size or loaded.plan.defaults.batch_size, get=get)
             opened.append((capture_id, replayer))
             if from_start:
                 replayer.setup(None)
@@ -852,8 +890,8 @@ def drainers(loaded: LoadedPlan, dsns: dict[str, str], run_id: int, capture_ids:
 
 
 def drain(loaded: LoadedPlan, dsns: dict[str, str], run_id: int, capture_ids: Iterable[str],
-          batch_size: int | None = None, from_start: bool = False, deadline: float | None = None
-          ) -> dict[str, RoundResult]:
+          batch_size: int | None = None, from_start: bool = False, deadline: float | None = None,
+          get: Callable[[str], Any] = lambda key: None) -> dict[str, RoundResult]:
     """Apply every remaining event of the given captures (a rollback calls this once green is fenced).
 
     The captures and their progress are checked as :func:`drainers` says.
@@ -862,22 +900,31 @@ def drain(loaded: LoadedPlan, dsns: dict[str, str], run_id: int, capture_ids: It
     :raises DrainDeadline: it passed before the last capture was drained.
     :returns: per capture, what the last rounds applied.
     """
-    with drainers(loaded, dsns, run_id, capture_ids, batch_size, from_start) as opened:
+    with drainers(loaded, dsns, run_id, capture_ids, batch_size, from_start, get) as opened:
         return {capture_id: replayer.drain(deadline) for capture_id, replayer in opened}
 
 
-def lags(loaded: LoadedPlan, dsns: dict[str, str], run_id: int, capture_ids: Iterable[str]) -> dict[str, Lag]:
+def lags(loaded: LoadedPlan, dsns: dict[str, str], run_id: int, capture_ids: Iterable[str],
+         get: Callable[[str], Any] = lambda key: None, cap: int | None = None) -> dict[str, Lag]:
     """Per capture, the events committed on its source and not applied yet (the cutover's lag gate).
 
-    A capture whose replay never started reports every one of its committed events.
+    A trigger capture whose replay never started reports every one of its committed events; a logical
+    capture counts decoded changes, at most ``cap`` of them (enough for a gate), and checks for DDL.
     """
+    from .logical_replay import LogicalReplayer
+
     captures = captures_of(loaded)
     out: dict[str, Lag] = {}
     for capture_id in capture_ids:
         if capture_id not in captures:
             raise UsageError(f"no capture step {capture_id!r} in the plan")
-        replayer = open_replayer(captures[capture_id], dsns, run_id, loaded.plan.defaults.batch_size)
+        replayer = open_replayer(captures[capture_id], dsns, run_id, loaded.plan.defaults.batch_size, get=get)
         try:
+            if isinstance(replayer, LogicalReplayer):
+                replayer.setup()
+                replayer.check_schema()
+                out[capture_id] = replayer.lag(cap)
+                continue
             row = replayer.target.execute("SELECT to_regclass('bluegreen.replay_progress') IS NOT NULL AND EXISTS ("
                                           "SELECT FROM bluegreen.replay_progress WHERE run_id = %s AND capture = %s)",
                                           (run_id, capture_id)).fetchone()

@@ -25,6 +25,7 @@ from .errors import (
     ActionFailed,
     BluegreenError,
     NothingToRollBack,
+    PlanError,
     RollbackFailed,
     StepFailed,
     UsageError,
@@ -32,10 +33,12 @@ from .errors import (
 )
 from .faults import fault
 from .journal import Journal
+from .logical import GuardedSlot, WalGuard, capture_name
 from .plan import LoadedPlan
 from .report import RunReport, StatsReader, StepReport, delta
 from .reporter import Reporter
 from .steps import Step, StepContext, build_step
+from .steps.base import PreflightContext
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,7 @@ class Runner:
         if options.offline:
             raise UsageError("--offline renders only: use it with --dry-run")
         self._preflight()
+        self._steps_preflight(options.restart)
         journal = Journal.open(self.dsns[self.plan.control], self.plan.control, self.plan.name)
         try:
             journal.ensure_schema()
@@ -84,7 +88,10 @@ class Runner:
                     report.error = (f"plan already completed by run {latest.run_id} at "
                                     f"{latest.finished_at:%Y-%m-%d %H:%M:%S %Z}; --restart runs it again")
                     return report
+            abandoned = journal.unfinished(self.plan.name) if options.restart else None
             record, resumed = journal.begin(self.plan.name, self.loaded.sha256, options.restart)
+            if abandoned is not None:  # what only a running plan needs (replication slots) goes with it
+                _Execution(self, journal, abandoned.run_id, True, mode="abort").finish_steps()
             execution = _Execution(self, journal, record.run_id, resumed)
             self.last_report = execution.report
             return execution.run()
@@ -109,15 +116,43 @@ class Runner:
         finally:
             journal.close()
 
+    def abort(self) -> RunReport:
+        """End the plan's unfinished run where it stands (``bluegreen abort``): release what only a running plan
+        holds (replication slots and publications), mark it abandoned, undo nothing else.
+
+        Also drops ``bluegreen_`` slots of this plan's earlier runs that a crash left behind.
+        """
+        self._preflight()
+        journal = Journal.open(self.dsns[self.plan.control], self.plan.control, self.plan.name)
+        try:
+            if not journal.exists():
+                raise NothingToRollBack(f"no journal on {self.plan.control}: plan {self.plan.name!r} never ran")
+            journal.lock(self.plan.name)
+            runs = journal.runs_of(self.plan.name)
+            current = next((r for r in runs if r.finished_at is None), None)
+            report = RunReport(self.plan.name, "abort", current.run_id if current else None, "abandoned")
+            self.last_report = report
+            for run in runs:
+                execution = _Execution(self, journal, run.run_id, True, mode="abort")
+                execution.finish_steps()
+            if current is not None:
+                journal.set_status(current.run_id, "abandoned", error="aborted by 'bluegreen abort'")
+            else:
+                report.status = "nothing to abort"
+            return report
+        finally:
+            journal.close()
+
     def status(self) -> dict[str, Any]:
-        """The latest run of this plan from the journal, read-only."""
+        """The latest run of this plan from the journal, and the replication slots on both clusters, read-only."""
         with readonly(self.dsns[self.plan.control], self.plan.control) as conn:
             journal = Journal(conn)
-            if not journal.exists():
-                return {"plan": self.plan.name, "run": None, "steps": []}
-            run = journal.latest(self.plan.name)
+            runs = journal.runs_of(self.plan.name) if journal.exists() else []
+            run = runs[0] if runs else None
+            out: dict[str, Any] = {"plan": self.plan.name, "run": None, "steps": [],
+                                   "slots": self._slots({r.run_id: r for r in runs})}
             if run is None:
-                return {"plan": self.plan.name, "run": None, "steps": []}
+                return out
             states = journal.step_states(run.run_id)
             counts = journal.action_counts(run.run_id)
             steps = []
@@ -128,12 +163,38 @@ class Runner:
                               "verify": phases.get("verify", "pending"), "rollback": phases.get("rollback", ""),
                               "seconds": detail.get("seconds"),
                               "actions_done": counts.get(step.id, 0)})
-            return {"plan": self.plan.name,
-                    "run": {"run_id": run.run_id, "status": run.status, "attempt": run.attempt,
-                            "started_at": run.started_at.isoformat(),
-                            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-                            "error": run.error},
-                    "steps": steps}
+            out["run"] = {"run_id": run.run_id, "status": run.status, "attempt": run.attempt,
+                          "started_at": run.started_at.isoformat(),
+                          "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+                          "error": run.error}
+            out["steps"] = steps
+            return out
+
+    def _slots(self, runs: dict[int, Any]) -> list[dict[str, Any]]:
+        """Every ``bluegreen_`` slot on blue and green, with the WAL it retains and whose it is."""
+        from .logical import capture_name, list_slots
+        from .steps.capture import CaptureSpec
+
+        ours = {capture_name(run_id, spec.id): run for run_id, run in runs.items()
+                for spec in self.plan.steps if isinstance(spec, CaptureSpec) and spec.method == "logical"}
+        out: list[dict[str, Any]] = []
+        for cluster, dsn in self.dsns.items():
+            try:
+                with readonly(dsn, cluster) as conn:
+                    slots = list_slots(conn)
+            except BluegreenError:
+                continue
+            for slot in slots:
+                run = ours.get(slot.name)
+                if run is None:
+                    owner = "not this plan's"
+                elif run.finished_at is None:
+                    owner = f"run {run.run_id} ({run.status})"
+                else:
+                    owner = f"left by run {run.run_id} ({run.status}): 'bluegreen abort' drops it"
+                out.append({"cluster": cluster, "slot": slot.name, "database": slot.database, "active": slot.active,
+                            "retained_wal_bytes": slot.retained, "owner": owner})
+        return out
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -141,6 +202,32 @@ class Runner:
         """Connect to every cluster before touching any: an unreachable DSN changes nothing."""
         for name, dsn in self.dsns.items():
             connect(dsn, name).close()
+
+    def _steps_preflight(self, restart: bool) -> None:
+        """Each step's read-only checks (``Step.preflight``) before the run touches anything, the journal included.
+
+        Steps the unfinished run already completed are not checked again.
+
+        :raises PlanError: every problem found, at its step's line (exit 2; nothing was created).
+        """
+        run_id: int | None = None
+        done: set[str] = set()
+        get: Any = lambda key: None  # noqa: E731
+        with readonly(self.dsns[self.plan.control], self.plan.control) as conn:
+            journal = Journal(conn)
+            run = journal.unfinished(self.plan.name) if journal.exists() and not restart else None
+            if run is not None and run.plan_sha256 == self.loaded.sha256:
+                run_id = run.run_id
+                done = {sid for (sid, phase), (state, _) in journal.step_states(run_id).items()
+                        if phase == "verify" and state == "done"}
+                states = {key: journal.get_state(run_id, key) for key in journal.state_keys(run_id)}
+                get = states.get
+        ctx = PreflightContext(dict(self.dsns), run_id, get)
+        problems = [self.loaded.problem(i, loc, message)
+                    for i, step in enumerate(self.steps) if step.id not in done
+                    for loc, message in step.preflight(ctx)]
+        if problems:
+            raise PlanError(problems)
 
     def _dry_run(self, offline: bool) -> RunReport:
         report = RunReport(self.plan.name, "dry-run", status="rendered")
@@ -199,6 +286,7 @@ class _Execution:
                "BLUEGREEN_RUN_ID": str(run_id), "BLUEGREEN_PLAN": runner.plan.name}
         self.executor: Executor = LiveExecutor(runner.dsns, env)
         self.report = RunReport(runner.plan.name, mode, run_id, "running", resumed)
+        self.guard = WalGuard(runner.dsns, [])
         self.report.steps = [StepReport(s.id, s.kind) for s in runner.steps]
         self.started = time.monotonic()
 
@@ -213,10 +301,19 @@ class _Execution:
                            get=lambda key: self.journal.get_state(self.run_id, key),
                            reporter=self.reporter, step_id=step.id)
 
+    def _guard(self) -> WalGuard:
+        """The WAL guard of this run's logical captures (``max_retained_wal`` each)."""
+        from .steps.capture import CaptureSpec
+
+        slots = [GuardedSlot(capture_name(self.run_id, spec.id), spec.on, spec.max_retained_wal)
+                 for spec in self.runner.plan.steps if isinstance(spec, CaptureSpec) and spec.method == "logical"]
+        return WalGuard(self.runner.dsns, slots, on_drop=self.reporter.note)
+
     def run(self) -> RunReport:
         self.reporter.run_started(self.runner.plan.name, self.run_id, "run", self.report.resumed)
         states = self.journal.step_states(self.run_id)
         stats = StatsReader(self.runner.dsns)
+        self.guard = self._guard().start()
         try:
             for step in self.runner.steps:
                 state = states.get((step.id, "verify"))
@@ -224,17 +321,40 @@ class _Execution:
                     self._restore_step_report(step, state[1])
                     self.reporter.step_skipped(step.id, "completed in an earlier attempt")
                     continue
+                self._check_guard()
                 self._run_step(step, stats)
+            self._check_guard()
         except BaseException as exc:
+            self.guard.stop()
             self._fail(exc)
             raise
         finally:
+            self.guard.stop()
             stats.close()
             self.executor.close()
         self.report.status = "done"
         self.report.seconds = time.monotonic() - self.started
+        self.finish_steps()
         self.journal.set_status(self.run_id, "done", report=self.report.to_dict())
         return self.report
+
+    def finish_steps(self) -> None:
+        """Every step's :meth:`Step.finish` (the run is over): slots and publications go, last step first.
+
+        A failure is reported and the others still run: nothing here undoes a step's effect.
+        """
+        for step in reversed(self.runner.steps):
+            try:
+                step.finish(self._ctx(step, "rollback"))
+            except Exception as exc:
+                self.reporter.note(f"step {step.id!r}: could not release what it held:"
+                                   f" {secrets.redact(str(exc))}; 'bluegreen abort' tries again")
+
+    def _check_guard(self) -> None:
+        """Look at the slots now (one query per cluster) and fail if one retains too much WAL (or was dropped)."""
+        if self.guard.slots:
+            self.guard.poll()
+        self.guard.check()
 
     def _restore_step_report(self, step: Step[Any], detail: dict[str, Any] | None) -> None:
         sr = self.report.step(step.id)
@@ -350,6 +470,7 @@ class _Execution:
             self.journal.set_status(self.run_id, "rollback_failed", error=str(rb), report=self.report.to_dict())
             raise
         self.report.status = "rolled_back"
+        self.finish_steps()
         self.journal.set_status(self.run_id, "rolled_back", error=self.report.error, report=self.report.to_dict())
         if isinstance(exc, StepFailed | ValidationFailed):
             exc.rolled_back = True
@@ -366,6 +487,7 @@ class _Execution:
             self.executor.close()
         self.report.status = "rolled_back"
         self.report.seconds = time.monotonic() - self.started
+        self.finish_steps()
         self.journal.set_status(self.run_id, "rolled_back", report=self.report.to_dict())
         return self.report
 

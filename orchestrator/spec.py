@@ -73,6 +73,29 @@ Duration = Annotated[
     WithJsonSchema({"type": ["string", "number"], "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$",
                     "description": "a duration: 500ms, 2s, 5m, 1h30m, 6h, or seconds as a number"}),
 ]
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB|TB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
+
+
+def parse_size(value: Any) -> int:
+    """``500MB``, ``1GB``, ``1.5GB`` or a number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 512MB or 1GB")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (found := _SIZE.match(value)):
+        size = int(float(found.group(1)) * _SIZE_UNITS[(found.group(2) or "b").lower()])
+    else:
+        raise ValueError(f"expected a size such as 512MB or 1GB, got {value!r}")
+    if size < 1 << 20:
+        raise ValueError(f"a size must be at least 1MB, got {value!r}")
+    return size
+
+
+Size = Annotated[int, BeforeValidator(parse_size),
+                 WithJsonSchema({"type": ["string", "integer"], "description": "a size: 512MB, 1GB, or bytes"})]
+
+
 Target = Literal["blue", "green"]
 OnFailure = Literal["rollback", "stop"]
 Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]

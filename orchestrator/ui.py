@@ -13,6 +13,7 @@ from rich.status import Status
 from rich.table import Table
 
 from .actions import Action, ActionResult, action_target
+from .logical import format_bytes
 from .report import COUNTERS, RunReport
 from .reporter import Reporter
 from .secrets import redact
@@ -164,7 +165,22 @@ def print_status(console: Console, status: dict[str, Any]) -> None:
     run = status["run"]
     if run is None:
         console.print(f"plan {status['plan']}: no run recorded")
-        return
+    else:
+        _print_run(console, status)
+    slots = status.get("slots") or []
+    if slots:
+        table = Table(title="replication slots (bluegreen_*)")
+        for col in ("cluster", "slot", "database", "active", "retained WAL", "owner"):
+            table.add_column(col)
+        for slot in slots:
+            retained = slot["retained_wal_bytes"]
+            table.add_row(slot["cluster"], slot["slot"], slot["database"], "yes" if slot["active"] else "no",
+                          format_bytes(retained) if retained is not None else "-", escape(slot["owner"]))
+        console.print(table)
+
+
+def _print_run(console: Console, status: dict[str, Any]) -> None:
+    run = status["run"]
     console.print(f"plan {status['plan']}: run {run['run_id']} [bold]{run['status']}[/bold] "
                   f"(attempt {run['attempt']}, started {run['started_at']}"
                   + (f", finished {run['finished_at']}" if run["finished_at"] else "") + ")")

@@ -22,3 +22,7 @@ CREATE TABLE IF NOT EXISTS bluegreen.replay_progress (
     updated_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (run_id, capture)
 );
+
+-- Logical capture (orchestrator/logical_replay.py): the commit LSN of the last source transaction applied,
+-- updated in the same transaction as its changes; the slot is advanced only after that commit.
+ALTER TABLE bluegreen.replay_progress ADD COLUMN IF NOT EXISTS applied_lsn pg_lsn;

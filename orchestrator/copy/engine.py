@@ -57,6 +57,7 @@ from .. import secrets
 from ..db import connect
 from ..errors import BluegreenError
 from ..faults import fault
+from ..logical import ExportedSlot, drop_slot, slot_exists
 from ..sqlfiles import read_sql
 from . import PreconditionFailed
 from .catalog import OWN_SCHEMAS, Catalog, Table, preflight, read_catalog, target_leftovers
@@ -103,19 +104,27 @@ class SourceSnapshot:
     """The exported snapshot: one REPEATABLE READ, READ ONLY transaction held open on the source.
 
     Every reader imports it (``SET TRANSACTION SNAPSHOT``, ``pg_dump --snapshot``); it lives until
-    :meth:`close`, or until the process dies.
+    :meth:`close`, or until the process dies. With ``slot`` (a logical capture's :class:`ExportedSlot`),
+    the transaction imports the snapshot the slot exported, and readers import that one: the copy then
+    holds exactly what committed before the slot's consistent point.
     """
 
-    def __init__(self, dsn: str, name: str) -> None:
+    def __init__(self, dsn: str, name: str, slot: ExportedSlot | None = None) -> None:
+        self.slot = slot
         self.conn = connect(dsn, name, application_name="bluegreen snapshot")
         try:
             self.conn.execute("SET idle_in_transaction_session_timeout = 0")
             self.conn.execute("SET statement_timeout = 0")
             self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            row = self.conn.execute("SELECT pg_export_snapshot(), pg_current_snapshot()::text,"
-                                    " current_setting('server_version_num')::int").fetchone()
+            if slot is not None:
+                self.conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(slot.snapshot_name)))
+                row = self.conn.execute("SELECT %s::text, pg_current_snapshot()::text,"
+                                        " current_setting('server_version_num')::int", (slot.snapshot_name,)).fetchone()
+            else:
+                row = self.conn.execute("SELECT pg_export_snapshot(), pg_current_snapshot()::text,"
+                                        " current_setting('server_version_num')::int").fetchone()
         except BaseException:
-            self.conn.close()
+            self.close()
             raise
         assert row is not None
         self.id: str = row[0]
@@ -129,6 +138,20 @@ class SourceSnapshot:
     def close(self) -> None:
         if not self.conn.closed:
             self.conn.close()
+        if self.slot is not None:
+            self.slot.close()
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRequest:
+    """The logical capture whose slot this snapshot creates: its name, and the run-state key it records into."""
+
+    capture_id: str
+    name: str
+
+    @property
+    def state_key(self) -> str:
+        return f"capture:{self.capture_id}"
 
 
 @dataclass
@@ -181,7 +204,8 @@ class SnapshotEngine:
     """Copy one database from ``source`` to ``target`` under one exported snapshot (per attempt)."""
 
     def __init__(self, step_id: str, run_id: int, dsns: dict[str, str], source: str, target: str,
-                 options: Options, hooks: Hooks) -> None:
+                 options: Options, hooks: Hooks, slot: SlotRequest | None = None) -> None:
+        self.slot = slot
         self.step_id = step_id
         self.run_id = run_id
         self.dsns = dsns
@@ -202,16 +226,62 @@ class SnapshotEngine:
     def run(self) -> Result:
         """Take (or resume) the snapshot; the returned result holds the snapshot open: close it when done."""
         state = self.hooks.get(self.state_key) or {}
-        snap = SourceSnapshot(self.dsns[self.source], self.source)
+        snap = self._open_snapshot(state)
         try:
             target = connect(self.dsns[self.target], self.target)
             try:
-                return self._run(snap, target, state)
+                return self._run(snap, target, self.hooks.get(self.state_key) or {})
             finally:
                 target.close()
         except BaseException:
             snap.close()
             raise
+
+    def _open_snapshot(self, state: dict[str, Any]) -> SourceSnapshot:
+        """The snapshot to copy under: exported by a new slot (a logical capture's first attempt), else a plain one.
+
+        With a logical capture: its slot is created here on the first attempt, and the copy reads under the
+        snapshot it exports. A resumed attempt whose slot survived copies what is left under a new plain
+        snapshot (the exported one died with the earlier process): each table records the snapshot it was
+        read under, and the replay skips, table by table, the changes that snapshot already shows. A slot
+        that was recorded but is gone cannot be replayed from: the copy starts over from a new slot.
+        """
+        dsn = self.dsns[self.source]
+        if self.slot is None:
+            return SourceSnapshot(dsn, self.source)
+        capture = self.hooks.get(self.slot.state_key) or {}
+        with connect(dsn, self.source) as conn:
+            exists = slot_exists(conn, self.slot.name)
+            if exists and capture.get("slot") != "created":
+                drop_slot(conn, self.slot.name)  # made by a process killed before it recorded it: unused
+                exists = False
+        if exists:
+            self.hooks.note(f"slot {self.slot.name} survived the interruption but not its exported snapshot: the"
+                            " tables left are copied under a new snapshot, and the replay skips, for each table,"
+                            " the changes its copy already holds")
+            return SourceSnapshot(dsn, self.source)
+        if capture.get("slot") == "created" or state.get("started"):
+            self.hooks.note(f"slot {self.slot.name} is gone: the copy starts over from a new slot (replaying from"
+                            " another slot's boundary would lose or double changes)")
+            with connect(self.dsns[self.target], self.target) as target:
+                clean_target(target, state.get("schemas") or [], self.run_id, self.step_id)
+            self.hooks.put(self.state_key, {k: v for k, v in state.items() if k in ("attempt",)})
+        fault("before", f"create_slot:{self.step_id}")
+        self.hooks.progress(f"slot {self.slot.name} (waits for the transactions running now)", 0, 1, "")
+        exported = ExportedSlot(dsn, self.source, self.slot.name)
+        try:
+            snap = SourceSnapshot(dsn, self.source, exported)
+        except BaseException:
+            exported.close()
+            raise
+        self.hooks.put(self.slot.state_key, {**capture, "slot": "created",
+                                             "consistent_point": exported.consistent_point,
+                                             "snapshot": snap.snapshot})
+        self.hooks.progress(f"slot {self.slot.name} (waits for the transactions running now)", 1, 1, "")
+        fault("after", f"create_slot:{self.step_id}")
+        self.hooks.note(f"slot {self.slot.name} created on {self.source} at {exported.consistent_point}; the copy"
+                        " reads under the snapshot it exported")
+        return snap
 
     def _run(self, snap: SourceSnapshot, target: psycopg.Connection[Any], state: dict[str, Any]) -> Result:
         started = time.monotonic()
@@ -752,12 +822,17 @@ class SnapshotEngine:
     # -- post-data bookkeeping --------------------------------------------------------------------
 
     def _without_own_triggers(self, snap: SourceSnapshot, entries: list[TocEntry]) -> list[TocEntry]:
-        """Drop bluegreen's own triggers (captures) from a restore list: they stay on the source."""
-        own = {int(r[0]) for r in snap.conn.execute(
-            "SELECT oid FROM pg_trigger WHERE tgname LIKE %s", (TRIGGER_PREFIX + "%",)).fetchall()}
-        trigger_catalog = snap.conn.execute("SELECT 'pg_trigger'::regclass::oid").fetchone()
-        assert trigger_catalog is not None
-        return [e for e in entries if not (e.catalog == int(trigger_catalog[0]) and e.oid in own)]
+        """Drop bluegreen's own objects from a restore list: the capture triggers, and the logical captures'
+        publications (with their table memberships). They belong to the source."""
+        own: set[tuple[int, int]] = set()
+        for query in (
+                "SELECT 'pg_trigger'::regclass::oid, oid FROM pg_trigger WHERE starts_with(tgname::text, %(p)s)",
+                "SELECT 'pg_publication'::regclass::oid, oid FROM pg_publication"
+                " WHERE starts_with(pubname::text, %(p)s)",
+                "SELECT 'pg_publication_rel'::regclass::oid, r.oid FROM pg_publication_rel r"
+                " JOIN pg_publication p ON p.oid = r.prpubid WHERE starts_with(p.pubname::text, %(p)s)"):
+            own |= {(int(r[0]), int(r[1])) for r in snap.conn.execute(query, {"p": TRIGGER_PREFIX}).fetchall()}
+        return [e for e in entries if (e.catalog, e.oid) not in own]
 
     def _missing_on_target(self, snap: SourceSnapshot, target: psycopg.Connection[Any],
                            entries: list[TocEntry], quiet: bool = False) -> list[TocEntry]:

@@ -81,6 +81,24 @@ class _Refs(Visitor):
             self.found.add(fields[0].sval.lower())
 
 
+class _Columns(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: set[tuple[str, str]] = set()
+
+    def visit_ColumnRef(self, ancestors: object, node: ast.ColumnRef) -> None:
+        fields = node.fields or ()
+        if len(fields) == 2 and all(isinstance(f, ast.String) and f.sval for f in fields):
+            self.found.add((str(fields[0].sval).lower(), str(fields[1].sval)))
+
+
+def condition_columns(text: str) -> set[tuple[str, str]]:
+    """The ``(qualifier, column)`` pairs a condition reads (``OLD.active`` is ``("old", "active")``)."""
+    cols = _Columns()
+    cols(parse_condition(text))
+    return cols.found
+
+
 def condition_references(text: str) -> set[str]:
     """The lower-cased first names of qualified column references in a condition (``old``, ``new``...)."""
     refs = _Refs()

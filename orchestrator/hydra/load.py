@@ -15,9 +15,11 @@ from .corpus import HydraFile, apply_like_popx, migrations, with_testdata
 from .population import Progress, Scale, inject_bad_rows, populate
 
 # The traffic writes each revocation here in the same transaction (sql/hydra/traffic.pgbench): the record the
-# end-to-end test compares with green. It exists in both schemas (the snapshot copies it).
+# end-to-end test compares with green. It exists in both schemas (the snapshot copies it; the capture carries
+# what is logged on blue during the window, by its key).
 REVOCATION_LOG = """
 CREATE TABLE IF NOT EXISTS e2e_revocation_log (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     request_id text NOT NULL,
     kind text NOT NULL,
     revoked_at timestamptz NOT NULL DEFAULT clock_timestamp()

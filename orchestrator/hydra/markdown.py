@@ -100,9 +100,13 @@ def _copy(steps: list[dict[str, Any]]) -> list[str]:
 _DECISIONS = [
     "## What the plan decided (plans/hydra.yaml)",
     "",
-    "- Captured on blue and replayed by SQL written for the 2.x schema (sql/hydra/replay/): access tokens deleted "
-    "(1.x revocation by request id) or issued, refresh tokens flipped inactive, issued or deleted, and consent "
-    "requests deleted (1.x consent revocation; replayed as deletes of the 2.x flow and its tokens).",
+    "- Every table of blue is captured by logical decoding (one pgoutput slot; the copy reads under the snapshot it "
+    "exported): nothing is added to blue's write path. Tables whose shape 2.x changed replay by SQL written for the "
+    "2.x schema (sql/hydra/replay/): access tokens deleted (1.x revocation by request id) or issued, refresh tokens "
+    "flipped inactive, issued or deleted, consent requests deleted (1.x consent revocation; replayed as deletes of "
+    "the 2.x flow and its tokens), used JWT ids and pairwise subjects (2.x keys them with nid); the others by "
+    "upsert/delete on their key. The tables 2.x dropped (the 1.x login and consent request tables) and rebuilt "
+    "(hydra_client, changed only through the admin API, frozen for the window) are excluded.",
     "- The 1.x binaries keep writing through PgBouncer after the cutover, on the 2.x schema: their token "
     "statements plan there with blue's result columns (check-old-queries), and `green-v1-compat` gives the one "
     "2.x column they do not write, `nid` (NOT NULL, no default), the network as default. The 1.x client reads "

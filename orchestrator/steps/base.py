@@ -62,6 +62,19 @@ class StepContext:
         self.reporter.progress(self.step_id, task, done, total, unit)
 
 
+@dataclass(frozen=True)
+class PreflightContext:
+    """What :meth:`Step.preflight` may read: the clusters, and the unfinished run it would resume (if any).
+
+    :ivar run_id: the unfinished run of this plan, or None for a new one.
+    :ivar get: that run's state (``StepContext.get``); finds nothing for a new run.
+    """
+
+    dsns: dict[str, str]
+    run_id: int | None
+    get: Callable[[str], Any] = field(default=lambda key: None)
+
+
 class Step(ABC, Generic[SpecT]):
     """Base of every step kind; subclasses register with ``@register("kind")``."""
 
@@ -78,6 +91,18 @@ class Step(ABC, Generic[SpecT]):
     def setting(self, name: str) -> Any:
         """The step's value for a setting shared with ``defaults`` (lock_timeout, ...)."""
         return self.loaded.plan.step_setting(self.spec, name)
+
+    def preflight(self, ctx: PreflightContext) -> list[tuple[tuple[str | int, ...], str]]:
+        """Read-only checks the run makes before it touches anything, the journal included.
+
+        :returns: ``(key path inside this step, message)`` pairs; the run refuses with exit 2, reporting
+            them at the step's line, and nothing is created on any cluster.
+        """
+        return []
+
+    def finish(self, ctx: StepContext) -> None:
+        """The run ended (done, rolled back, or aborted by ``bluegreen abort``): release what only a running
+        plan needs (a capture's replication slot). Idempotent; never undoes the step's effect."""
 
     @abstractmethod
     def plan(self, ctx: StepContext) -> Sequence[Action]:

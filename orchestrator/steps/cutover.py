@@ -44,6 +44,8 @@ from ..actions import Action, CommandAction, NoteAction, SqlAction
 from ..db import connect
 from ..errors import BluegreenError
 from ..faults import fault
+from ..logical import SchemaChanged, SlotLost
+from ..logical_replay import LogicalReplayer
 from ..pgbouncer import PauseTimeout, PgBouncerControl, PgBouncerError
 from ..spec import Duration, Model, StepSpecBase, Target
 from ..switches import Switch, command_switch, http_switch, pgbouncer_switch, switch_all
@@ -152,6 +154,10 @@ class Cutover(Step[CutoverSpec]):
         actions: list[Action] = [NoteAction(f"gates:{self.id}", "blue+green", "gates: " + ", ".join(
             g for g in GATES if g not in self.spec.skip_gates))]
         bouncers = self._pgbouncers()
+        for step in self._reverse_logical():
+            actions.append(NoteAction(f"create_slot:{step.id}", step.spec.on, "SELECT pg_create_logical_replication"
+                                      "_slot(<the reverse capture's slot>, 'pgoutput')  -- what clients write on "
+                                      f"{step.spec.on} from the switch on, replayed onto blue if this is undone"))
         if self.spec.drain:
             actions.append(NoteAction(f"catch_up:{self.id}", "green", "before the pause, replay what "
                                       + ", ".join(self.spec.drain) + " captured so far (the drain inside it then"
@@ -162,8 +168,9 @@ class Cutover(Step[CutoverSpec]):
         if self.spec.fence:
             actions.append(SqlAction(id=f"fence_blue:{self.id}", target="blue", transactional=False, statements=(
                 sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(blue_db),
-                sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
-                        " AND pid <> pg_backend_pid() AND application_name NOT LIKE 'bluegreen%'"))))
+                sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        " AND application_name NOT LIKE 'bluegreen%'"))))
         if self.spec.drain:
             actions.append(NoteAction(f"drain:{self.id}", "green", "replay the events left in "
                                       + ", ".join(self.spec.drain)))
@@ -261,15 +268,30 @@ class Cutover(Step[CutoverSpec]):
         """One try: catch up, then PAUSE ... RESUME; returns the pause and its phases' seconds. On any failure,
         everything is back on blue when it raises."""
         assert ctx.run_id is not None
-        with replay.drainers(ctx.loaded, ctx.dsns, ctx.run_id, self.spec.drain) as drain_with:
+        self._start_reverse_slots(ctx)
+        with replay.drainers(ctx.loaded, ctx.dsns, ctx.run_id, self.spec.drain, get=ctx.get) as drain_with:
             if drain_with:  # outside the pause: the drain inside it is left with only the last events
                 with self._boundary(f"catch_up:{self.id}"):
                     caught = sum(replayer.drain().events for _, replayer in drain_with)
                 ctx.reporter.note(f"{self.id}: caught up {caught} captured event(s) before the pause")
             return self._paused(ctx, key, switches, controls, drain_with)
 
+    def _reverse_logical(self) -> list[Any]:
+        from .capture import CaptureSpec, CaptureStep
+
+        return [CaptureStep(spec, self.loaded) for spec in self.loaded.plan.steps
+                if isinstance(spec, CaptureSpec) and spec.id in self.spec.reverse and spec.method == "logical"]
+
+    def _start_reverse_slots(self, ctx: StepContext) -> None:
+        """The slots of the ``reverse`` captures, made now (outside the pause): they decode what clients write on
+        green from the switch on (and the drain's last few changes, which carry blue's own values back)."""
+        for step in self._reverse_logical():
+            with self._boundary(f"create_slot:{step.id}"):
+                if step.start_slot(ctx):
+                    ctx.reporter.note(f"{self.id}: slot of reverse capture {step.id} created on {step.spec.on}")
+
     def _paused(self, ctx: StepContext, key: str, switches: list[Switch], controls: list[PgBouncerControl],
-                drain_with: list[tuple[str, replay.Replayer]]) -> tuple[float, dict[str, float]]:
+                drain_with: list[tuple[str, replay.AnyReplayer]]) -> tuple[float, dict[str, float]]:
         """PAUSE ... RESUME (``drain_with``: the drain captures' open replayers)."""
         started = time.monotonic()
         budget = self.spec.pause_budget.total_seconds()
@@ -403,10 +425,14 @@ class Cutover(Step[CutoverSpec]):
     def _lag(self, ctx: StepContext) -> list[str]:
         if not self.spec.drain or ctx.run_id is None:
             return []
-        lags = replay.lags(ctx.loaded, ctx.dsns, ctx.run_id, self.spec.drain)
-        return [f"capture {cid} has {lag.events} events not replayed (max_lag {self.spec.max_lag}),"
-                f" the oldest {lag.seconds:.0f}s old: run its replay step first"
-                for cid, lag in lags.items() if lag.events > self.spec.max_lag]
+        try:
+            lags = replay.lags(ctx.loaded, ctx.dsns, ctx.run_id, self.spec.drain, get=ctx.get,
+                               cap=self.spec.max_lag + 1)
+        except (SchemaChanged, SlotLost) as exc:
+            return [str(exc)]
+        return [f"capture {cid} has {'more than ' if lag.events > self.spec.max_lag else ''}{lag.events}"
+                f" changes not replayed (max_lag {self.spec.max_lag}), the oldest {lag.seconds:.0f}s old: run its"
+                " replay step first" for cid, lag in lags.items() if lag.events > self.spec.max_lag]
 
     def _fence(self, ctx: StepContext, side: Target = "blue") -> str | None:
         """Make a side read-only for every role and end its other sessions; return the previous setting."""
@@ -418,9 +444,14 @@ class Cutover(Step[CutoverSpec]):
                 " AND r.setrole = 0 AND s.setting LIKE 'default_transaction_read_only=%'").fetchone()
             conn.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on")
                          .format(sql.Identifier(db)))
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
-                         " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-                         " AND application_name NOT LIKE 'bluegreen%'")
+            others = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                      " AND backend_type = 'client backend' AND application_name NOT LIKE 'bluegreen%'")
+            conn.execute(f"SELECT pg_terminate_backend(pid) FROM ({others}) s")
+            # wait (up to 1 s) until they are gone: a write one committed after the drain's fence would be lost
+            for _ in range(100):
+                if not conn.execute(others).fetchone():
+                    break
+                time.sleep(0.01)
         return str(row[0]) if row else None
 
     def _unfence(self, ctx: StepContext, side: Target = "blue") -> None:
@@ -428,11 +459,13 @@ class Cutover(Step[CutoverSpec]):
         with connect(ctx.dsns[side], side) as conn:
             conn.execute(sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(sql.Identifier(db)))
 
-    def _drain(self, ctx: StepContext, drain_with: list[tuple[str, replay.Replayer]], deadline: float) -> None:
+    def _drain(self, ctx: StepContext, drain_with: list[tuple[str, replay.AnyReplayer]], deadline: float) -> None:
         """Replay the drain captures' last events onto green, within the pause budget (``deadline``)."""
         events = 0
         try:
             for _, replayer in drain_with:
+                if isinstance(replayer, LogicalReplayer):
+                    replayer.fault_point = f"drain:{self.id}"  # its crash point, after each batch it commits
                 events += replayer.drain(deadline).events
         except replay.DrainDeadline as exc:
             raise PauseBudgetSpent(f"{self.id}: the pause budget ({self.spec.pause_budget.total_seconds():g}s)"
@@ -475,12 +508,16 @@ class Cutover(Step[CutoverSpec]):
         replayed = 0
         green_fenced = back = False
         try:
-            if self.spec.reverse:
+            # a reverse capture by logical decoding whose slot the cutover never made has nothing to carry back
+            unstarted = {step.id for step in self._reverse_logical()
+                         if (ctx.get(step.state_key) or {}).get("slot") != "created"}
+            reverse = [c for c in self.spec.reverse if c not in unstarted]
+            if reverse:
                 if self.spec.fence:
                     self._fence(ctx, "green")
                     green_fenced = True
                 assert ctx.run_id is not None
-                results = replay.drain(ctx.loaded, ctx.dsns, ctx.run_id, self.spec.reverse, from_start=True)
+                results = replay.drain(ctx.loaded, ctx.dsns, ctx.run_id, reverse, from_start=True, get=ctx.get)
                 replayed = sum(r.events for r in results.values())
                 ctx.reporter.note(f"{self.id}: replayed {replayed} event(s) captured on green back onto blue")
             switch_all(self._switches(ctx), "blue")

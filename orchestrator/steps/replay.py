@@ -31,7 +31,19 @@ from pydantic import Field
 from ..actions import Action, SqlAction
 from ..copy import PreconditionFailed
 from ..errors import BluegreenError, UsageError
-from ..replay import CaptureInfo, Lag, Replayer, RoundResult, captures_of, close_replayer, open_replayer, snapshot_for
+from ..logical import format_bytes, list_slots
+from ..logical_replay import LogicalCaptureInfo, LogicalReplayer
+from ..pgoutput import int_to_lsn
+from ..replay import (
+    AnyReplayer,
+    CaptureInfo,
+    Lag,
+    RoundResult,
+    captures_of,
+    close_replayer,
+    open_replayer,
+    snapshot_for,
+)
 from ..spec import Duration, StepSpecBase
 from . import register
 from .base import Check, Step, StepContext
@@ -55,7 +67,7 @@ class ReplaySpec(StepSpecBase):
 class ReplayStep(Step[ReplaySpec]):
     """Catch-up of captured events; progress on the target, exactly once."""
 
-    def _captures(self) -> list[CaptureInfo]:
+    def _captures(self) -> list[CaptureInfo | LogicalCaptureInfo]:
         known = captures_of(self.loaded)
         ids = self.spec.captures if self.spec.captures is not None else list(known)
         unknown = [c for c in ids if c not in known]
@@ -88,9 +100,38 @@ class ReplayStep(Step[ReplaySpec]):
     def batch_size(self) -> int:
         return self.spec.batch_size or self.loaded.plan.defaults.batch_size
 
+    def _logical_actions(self, ctx: StepContext, cap: LogicalCaptureInfo) -> list[Action]:
+        name = cap.name(ctx.run_id)
+        read = sql.SQL(
+            "SELECT lsn, data FROM pg_logical_slot_peek_binary_changes({n}, <flushed LSN>, NULL, 'proto_version',"
+            " '1', 'publication_names', {n})  -- a server-side cursor, {batch} changes per target transaction").format(
+            n=sql.Literal(name), batch=sql.SQL(str(self.batch_size)))
+        files = [f"{table}: {rule.replay.source}" for table, rule in cap.rules.items() if rule.replay is not None]
+        apply = sql.SQL(
+            "DELETE FROM <table> t USING unnest(<keys of the rows deleted>) d WHERE <key> = <key>;"
+            " INSERT INTO <table> (<shared columns>) SELECT <each cast to its type> FROM unnest(<last image of each"
+            " key>) ON CONFLICT (<key>) DO UPDATE SET ...  -- per table" + (
+                "; replay files: " + ", ".join(files) if files else ""))
+        return [
+            SqlAction(id=f"read_changes:{self.id}:{cap.id}", target=cap.source, transactional=False,
+                      statements=(read,), description="decoded by pgoutput, whole transactions in commit order"),
+            SqlAction(id=f"apply_changes:{self.id}:{cap.id}", target=cap.target, transactional=True,
+                      statements=(sql.SQL("SET LOCAL session_replication_role = replica") if not cap.fire_triggers
+                                  else sql.SQL("SET LOCAL session_replication_role = origin"), apply,
+                                  sql.SQL("UPDATE bluegreen.replay_progress SET applied_lsn = <commit LSN of the last"
+                                          " transaction applied>, ... WHERE capture = {}").format(sql.Literal(cap.id))),
+                      description="whole source transactions per target transaction, exactly once"),
+            SqlAction(id=f"advance_slot:{self.id}:{cap.id}", target=cap.source, transactional=False,
+                      statements=(sql.SQL("SELECT pg_replication_slot_advance({}, <what green has committed>)").format(
+                          sql.Literal(name)),),
+                      description="only after the target committed: the slot never passes what green holds")]
+
     def plan(self, ctx: StepContext) -> Sequence[Action]:
         actions: list[Action] = []
         for cap in self._captures():
+            if isinstance(cap, LogicalCaptureInfo):
+                actions.extend(self._logical_actions(ctx, cap))
+                continue
             rel = cap.relation.ident
             read = sql.SQL(
                 "SELECT seq, op, old, new FROM bluegreen.capture_events WHERE capture = {} AND seq > <after_seq>"
@@ -128,9 +169,12 @@ class ReplayStep(Step[ReplaySpec]):
         snapshot_step = self._snapshot_step()
         state = ctx.get(f"snapshot:{snapshot_step[0]}") if snapshot_step else None
         deadline = time.monotonic() + self.spec.timeout.total_seconds()
-        bases: list[tuple[CaptureInfo, str | None]] = []
+        bases: list[tuple[CaptureInfo | LogicalCaptureInfo, str | None]] = []
         for cap in self._captures():
             base: str | None = None
+            if isinstance(cap, LogicalCaptureInfo):  # the slot is the boundary; tables copied again say theirs
+                bases.append((cap, None))
+                continue
             if snapshot_step is not None and snapshot_step[1] == cap.source:
                 base = snapshot_for(state, cap.relation)
                 if base is None:
@@ -141,12 +185,14 @@ class ReplayStep(Step[ReplaySpec]):
                 raise PreconditionFailed(f"capture {cap.id!r}: no snapshot step before {self.id!r} to say which "
                                          "events green already has; name one with 'snapshot:'")
             bases.append((cap, base))
-        replayers: list[Replayer] = []
+        replayers: list[AnyReplayer] = []
         tallies: list[_Tally] = []
         try:
             for cap, base in bases:
                 replayers.append(open_replayer(cap, ctx.dsns, ctx.run_id, self.batch_size,
-                                               self._on_batch(ctx, cap, tallies, len(tallies))))
+                                               self._on_batch(ctx, cap, tallies, len(tallies)), get=ctx.get))
+                if isinstance(replayers[-1], LogicalReplayer):
+                    replayers[-1].fault_point = f"apply_changes:{self.id}:{cap.id}"
                 replayers[-1].setup(base)
                 tallies.append(_Tally(cap, replayers[-1]))
             passes = catch_up_all(tallies, self.spec.max_lag, deadline, lambda t: self._on_round(ctx, t))
@@ -157,12 +203,16 @@ class ReplayStep(Step[ReplaySpec]):
                 close_replayer(replayer)
 
     @staticmethod
-    def _on_batch(ctx: StepContext, cap: CaptureInfo, tallies: list[_Tally], index: int
+    def _on_batch(ctx: StepContext, cap: CaptureInfo | LogicalCaptureInfo, tallies: list[_Tally], index: int
                   ) -> Callable[[int, int], None]:
         """Progress within a round: the capture's events applied so far in this step (``tallies[index]``)."""
-        def on_batch(done: int, seq: int) -> None:
+        logical = isinstance(cap, LogicalCaptureInfo)
+
+        def on_batch(done: int, position: int) -> None:
             before = tallies[index].applied if index < len(tallies) else 0
-            ctx.progress(f"replay {cap.id} (round, up to seq {seq})", before + done, None, "events")
+            where = f"up to {int_to_lsn(position)}" if logical else f"up to seq {position}"
+            ctx.progress(f"replay {cap.id} (round, {where})", before + done, None,
+                         "changes" if logical else "events")
         return on_batch
 
     @staticmethod
@@ -198,7 +248,23 @@ class ReplayStep(Step[ReplaySpec]):
                 continue
             checks.append(Check(f"replay {cap.id}", int(row[0]) >= 1,
                                 f"{row[1]} events applied in {row[0]} round(s) on {cap.target}"))
+            if isinstance(cap, LogicalCaptureInfo):
+                checks.append(self._slot_check(ctx, cap))
         return checks
+
+    def _slot_check(self, ctx: StepContext, cap: LogicalCaptureInfo) -> Check:
+        """The WAL the capture's slot holds on its cluster, against its ``max_retained_wal``."""
+        from ..steps.capture import CaptureSpec
+
+        spec = next(s for s in self.loaded.plan.steps if isinstance(s, CaptureSpec) and s.id == cap.id)
+        with ctx.connect(cap.source) as conn:
+            slot = next((s for s in list_slots(conn) if s.name == cap.name(ctx.run_id)), None)
+        if slot is None:
+            return Check(f"slot {cap.id}", False, f"slot {cap.name(ctx.run_id)} is gone from {cap.source}")
+        retained = slot.retained or 0
+        return Check(f"slot {cap.id}", retained <= spec.max_retained_wal,
+                     f"{slot.name} retains {format_bytes(retained)} of WAL on {cap.source}"
+                     f" (max_retained_wal {format_bytes(spec.max_retained_wal)})")
 
 
 class _Catcher(Protocol):
@@ -212,7 +278,7 @@ class _Catcher(Protocol):
 class _Tally:
     """One capture's replayer and what it has done in this step."""
 
-    capture: CaptureInfo
+    capture: CaptureInfo | LogicalCaptureInfo
     replayer: _Catcher
     applied: int = 0
     quarantined: int = 0

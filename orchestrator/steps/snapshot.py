@@ -3,6 +3,10 @@
 One exported snapshot (``pg_export_snapshot()`` in a REPEATABLE READ transaction held open by the
 step until ``verify()`` ends) is shared by every reader; ``pg_current_snapshot()`` of it is recorded
 in the journal (run state ``snapshot:<step id>``), per table, for the replay of captured events.
+When a logical capture of the source comes before this step, the step creates that capture's slot
+(``CREATE_REPLICATION_SLOT ... LOGICAL pgoutput (SNAPSHOT 'export')`` on a replication connection kept
+open until ``verify()`` ends) and the snapshot every reader shares is the one the slot exported: the
+boundary between the copy and the replay is the slot's consistent point.
 ``method: copy`` (default) streams each table with ``COPY ... TO STDOUT`` into ``COPY ... FROM
 STDIN`` (``jobs`` at a time, no file in between) between a schema-only pg_dump's pre-data and
 post-data; ``method: dump`` is ``pg_dump -Fd --jobs`` + ``pg_restore --jobs``. The client tools are
@@ -18,6 +22,8 @@ Idempotent and resumable: a table is marked done in ``bluegreen.snapshot_tables`
 same transaction as its COPY; a re-run (after a crash, the snapshot being gone) copies again only the
 copy groups (tables linked by foreign keys, or one partition tree) with an unfinished table, under a
 new snapshot that it records for those tables; indexes and constraints already restored are kept.
+(With a logical capture whose slot survived, the replay then skips for each table the changes visible
+in that table's snapshot; a slot that is gone makes the copy start over from a new one.)
 Refuses to start on a green database that is not empty. ``method: dump`` resumes by cleaning green
 and starting over.
 
@@ -27,50 +33,28 @@ forget its state.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Literal
 
 from psycopg import sql
-from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
+from pydantic import Field, model_validator
 
 from .. import secrets
 from ..actions import Action, CommandAction, SqlAction
 from ..copy import PreconditionFailed
 from ..copy.catalog import OWN_SCHEMAS, Catalog, read_catalog
-from ..copy.engine import Hooks, Options, Result, SnapshotEngine, clean_statements
+from ..copy.engine import Hooks, Options, Result, SlotRequest, SnapshotEngine, clean_statements
 from ..copy.pgtools import PgTools, find_tools, libpq_args
 from ..copy.verify import verify_objects, verify_tables
 from ..db import connect
 from ..errors import MissingBinary
-from ..spec import Duration, StepSpecBase, Target
+from ..logical import capture_name
+from ..spec import Duration, Size, StepSpecBase, Target
 from ..sqlfiles import read_sql
 from . import register
 from .base import Check, Step, StepContext
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB|TB)?\s*$", re.IGNORECASE)
-_UNITS = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
-
-
-def parse_size(value: Any) -> int:
-    """``500MB``, ``1GB``, ``1.5GB`` or a number of bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 512MB or 1GB")
-    if isinstance(value, int):
-        size = value
-    elif isinstance(value, str) and (found := _SIZE.match(value)):
-        size = int(float(found.group(1)) * _UNITS[(found.group(2) or "b").lower()])
-    else:
-        raise ValueError(f"expected a size such as 512MB or 1GB, got {value!r}")
-    if size < 1 << 20:
-        raise ValueError(f"a split size must be at least 1MB, got {value!r}")
-    return size
-
-
-Size = Annotated[int, BeforeValidator(parse_size),
-                 WithJsonSchema({"type": ["string", "integer"], "description": "a size: 512MB, 1GB, or bytes"})]
 
 
 class SnapshotSpec(StepSpecBase):
@@ -137,6 +121,13 @@ class SnapshotStep(Step[SnapshotSpec]):
         except MissingBinary:
             return PgTools(Path("$PG_BIN"), 0)
 
+    def _slot_request(self, run_id: int | None) -> SlotRequest | None:
+        """The logical capture whose slot this step creates (and copies under its exported snapshot), if any."""
+        from .capture import logical_capture_before
+
+        capture = logical_capture_before(self.loaded, self.spec)
+        return SlotRequest(capture.id, capture_name(run_id, capture.id)) if capture is not None else None
+
     def _prepare_target(self) -> SqlAction:
         """``bluegreen.snapshot_tables`` on the target (the copy's per-table progress), under an advisory lock."""
         return SqlAction(
@@ -151,11 +142,28 @@ class SnapshotStep(Step[SnapshotSpec]):
         src = secrets.redact_dsn(libpq_args(ctx.dsns.get(spec.from_, "") or "dbname=blue")[0])
         dst = secrets.redact_dsn(libpq_args(ctx.dsns.get(spec.to, "") or "dbname=green")[0])
         catalog = self._catalog_for_plan(ctx)
-        actions: list[Action] = [self._prepare_target(), SqlAction(
-            id=f"export_snapshot:{self.id}", target=spec.from_, transactional=False,
-            statements=(sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
-                        sql.SQL("SELECT pg_export_snapshot(), pg_current_snapshot()")),
-            description="one snapshot every reader shares, held open until verify ends")]
+        actions: list[Action] = [self._prepare_target()]
+        slot = self._slot_request(ctx.run_id)
+        if slot is None:
+            actions.append(SqlAction(
+                id=f"export_snapshot:{self.id}", target=spec.from_, transactional=False,
+                statements=(sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
+                            sql.SQL("SELECT pg_export_snapshot(), pg_current_snapshot()")),
+                description="one snapshot every reader shares, held open until verify ends"))
+        else:
+            actions.append(SqlAction(
+                id=f"create_slot:{self.id}", target=spec.from_, transactional=False,
+                statements=(sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')").format(
+                    sql.Identifier(slot.name)),),
+                description=f"on a replication connection, for capture {slot.capture_id!r}: the copy reads under the"
+                            " snapshot it exports, so every change after it is decoded and none before it"))
+            actions.append(SqlAction(
+                id=f"export_snapshot:{self.id}", target=spec.from_, transactional=False,
+                statements=(sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
+                            sql.SQL("SET TRANSACTION SNAPSHOT <the slot's exported snapshot>"),
+                            sql.SQL("SELECT pg_current_snapshot()")),
+                description="every reader imports the slot's snapshot; the replication connection holds it"
+                            " until verify ends"))
         work = "$WORK"
 
         def command(action_id: str, argv: Sequence[str], description: str) -> CommandAction:
@@ -243,7 +251,8 @@ class SnapshotStep(Step[SnapshotSpec]):
         ctx.run_actions([self._prepare_target()])
         self.close()
         engine = SnapshotEngine(self.id, ctx.run_id, ctx.dsns, self.spec.from_, self.spec.to, self.options(),
-                                Hooks(progress=ctx.progress, note=ctx.reporter.note, put=ctx.put, get=ctx.get))
+                                Hooks(progress=ctx.progress, note=ctx.reporter.note, put=ctx.put, get=ctx.get),
+                                slot=self._slot_request(ctx.run_id))
         self._result = engine.run()
         totals = self._result.totals
         phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in totals.phases.items())

@@ -39,7 +39,7 @@ from orchestrator.localenv import Databases, LocalCluster, LocalPgBouncer, twin_
 # Columns of the tool's own schemas (bluegreen, bluegreen_quarantine, ...) whose values differ between two
 # runs of the same plan by nature: run ids, attempts, clock times, transaction ids, process ids.
 VOLATILE_TYPES = frozenset({"timestamp with time zone", "timestamp without time zone", "date", "xid", "xid8",
-                            "pg_snapshot", "interval"})
+                            "pg_snapshot", "interval", "pg_lsn"})
 VOLATILE_NAMES = frozenset({"run_id", "attempt", "pid", "backend_pid", "seconds", "duration", "rounds", "xmin",
                             "applied_by"})
 
@@ -237,16 +237,20 @@ def rendered_actions(target: Target, dbs: Databases) -> list[tuple[str, str, str
 
 # Points fired by steps that run their own work (orchestrator/faults.py), by the action the dry run renders.
 # The copy engine (orchestrator/copy/engine.py): each phase's end (its start is the previous one's end),
-# ``copy_table:<step>:<table>`` mid-stream and after its commit. The cutover: before and after its catch-up
-# outside the pause and each phase of the pause (PAUSE, fence, drain, sequences, switches, RESUME). Every
+# ``copy_table:<step>:<table>`` mid-stream and after its commit, ``create_slot:<step>`` around the logical
+# capture's slot. The logical replay (orchestrator/logical_replay.py): ``during:apply_changes:<step>:<capture>``
+# after each target transaction it commits, ``during:drain:<cutover>`` likewise inside the cutover's pause. The
+# cutover: before and after its catch-up outside the pause, each phase of the pause (PAUSE, fence, drain,
+# sequences, switches, RESUME) and the reverse captures' ``create_slot:<capture>``. Every
 # other action fires only if the runner runs it (``Runner._run_actions``): the remaining steps that run their
 # own actions (extend_ttl, check_queries, replay, validate, a fast migrate's index builds) have no hook, and
 # the suite parks them on a gate instead.
-ENGINE_POINTS = {"export_snapshot": ("after",), "dump_schema": ("after",), "restore_pre_data": ("after",),
+ENGINE_POINTS = {"create_slot": ("before", "after"), "apply_changes": ("during",),
+                 "export_snapshot": ("after",), "dump_schema": ("after",), "restore_pre_data": ("after",),
                  "copy_table": ("during", "after"), "restore_post_data": ("before", "after"),
                  "set_sequences": ("after",), "analyze": ("before", "after"),
                  "catch_up": ("before", "after"), "pause": ("before", "after"), "fence_blue": ("before", "after"),
-                 "drain": ("before", "after"),
+                 "drain": ("before", "during", "after"),
                  "sync_sequences": ("before", "after"), "switch": ("before", "after"),
                  "resume": ("before", "after")}
 

@@ -27,7 +27,8 @@ def _setup(dbs: Databases) -> None:
 
 def test_capture_records_each_event_with_its_transaction(dbs: Databases, tmp_path: Path) -> None:
     _setup(dbs)
-    plan = write_plan(tmp_path / "plan.yaml", "cap", "  - {id: cap-tokens, kind: capture, table: tokens}\n")
+    plan = write_plan(tmp_path / "plan.yaml", "cap",
+                      "  - {id: cap-tokens, kind: capture, method: trigger, table: tokens}\n")
     result = bluegreen(["run", str(plan)], cli_env(dbs))
     assert result.returncode == 0, result.stderr
     with psycopg.connect(dbs.blue_dsn) as conn:
@@ -53,7 +54,7 @@ def test_capture_records_each_event_with_its_transaction(dbs: Databases, tmp_pat
 
 def test_when_condition_keeps_only_matching_updates(dbs: Databases, tmp_path: Path) -> None:
     _setup(dbs)
-    steps = ('  - {id: revocations, kind: capture, table: public.tokens, events: [update],'
+    steps = ('  - {id: revocations, kind: capture, method: trigger, table: public.tokens, events: [update],'
              ' when: "OLD.active AND NOT NEW.active"}\n')
     plan = write_plan(tmp_path / "plan.yaml", "cap-when", steps)
     assert bluegreen(["run", str(plan)], cli_env(dbs)).returncode == 0
@@ -74,7 +75,8 @@ def test_an_application_role_without_rights_on_bluegreen_is_captured(dbs: Databa
     role = f"app_{os.urandom(3).hex()}"
     query(dbs.blue_dsn, f"CREATE ROLE {role} LOGIN PASSWORD 'app-secret-pw'; GRANT ALL ON tokens TO {role}")
     try:
-        plan = write_plan(tmp_path / "plan.yaml", "cap-role", "  - {id: cap, kind: capture, table: tokens}\n")
+        plan = write_plan(tmp_path / "plan.yaml", "cap-role",
+                          "  - {id: cap, kind: capture, method: trigger, table: tokens}\n")
         assert bluegreen(["run", str(plan)], cli_env(dbs)).returncode == 0
         dsn = dbs.blue_dsn.replace(f"postgres:{dbs.blue.password}@", f"{role}:app-secret-pw@")
         with psycopg.connect(dsn, autocommit=True) as app:
@@ -91,7 +93,7 @@ def test_an_application_role_without_rights_on_bluegreen_is_captured(dbs: Databa
 
 def test_installing_waits_for_writers_at_most_lock_timeout(dbs: Databases, tmp_path: Path) -> None:
     _setup(dbs)
-    steps = "  - {id: cap, kind: capture, table: tokens}\n"
+    steps = "  - {id: cap, kind: capture, method: trigger, table: tokens}\n"
     plan = write_plan(tmp_path / "plan.yaml", "cap-lock", steps,
                       "{lock_timeout: 100ms, lock_retries: 2, retry_backoff: 50ms}")
     with psycopg.connect(dbs.blue_dsn) as writer:
@@ -116,8 +118,8 @@ def test_installing_waits_for_writers_at_most_lock_timeout(dbs: Databases, tmp_p
 def test_rollback_removes_trigger_function_and_events(dbs: Databases, tmp_path: Path) -> None:
     _setup(dbs)
     query(dbs.blue_dsn, "CREATE TABLE other (id int PRIMARY KEY)")
-    steps = ("  - {id: cap-a, kind: capture, table: tokens}\n"
-             "  - {id: cap-b, kind: capture, table: other, events: [insert]}\n")
+    steps = ("  - {id: cap-a, kind: capture, method: trigger, table: tokens}\n"
+             "  - {id: cap-b, kind: capture, method: trigger, table: other, events: [insert]}\n")
     plan = write_plan(tmp_path / "plan.yaml", "cap-undo", steps)
     assert bluegreen(["run", str(plan)], cli_env(dbs)).returncode == 0
     query(dbs.blue_dsn, "UPDATE tokens SET active = false WHERE signature = 's1'")
@@ -133,7 +135,8 @@ def test_rollback_removes_trigger_function_and_events(dbs: Databases, tmp_path: 
 
 
 def test_a_when_condition_that_reads_old_on_insert_is_refused(dbs: Databases, tmp_path: Path) -> None:
-    steps = '  - {id: cap, kind: capture, table: tokens, events: [insert, update], when: "OLD.active"}\n'
+    steps = ('  - {id: cap, kind: capture, method: trigger, table: tokens, events: [insert, update],'
+             ' when: "OLD.active"}\n')
     plan = write_plan(tmp_path / "plan.yaml", "cap-bad", steps)
     result = bluegreen(["run", str(plan)], cli_env(dbs))
     assert result.returncode == 2

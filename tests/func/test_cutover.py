@@ -130,7 +130,7 @@ def test_pause_deadline_resumes_clients_and_the_run_can_be_retried(dbs: Database
 # Before the cutover: capture items, snapshot, catch up, then make every row applied on green cost 50 ms (an
 # ALWAYS trigger: it fires under the replay's session_replication_role = replica).
 SLOW_DRAIN_STEPS = """\
-  - {id: cap, kind: capture, table: items}
+  - {id: cap, kind: capture, method: trigger, table: items}
   - {id: snap, kind: snapshot}
   - {id: catch-up, kind: replay, max_lag: 1000}
   - id: slow-green
@@ -233,13 +233,14 @@ def test_failed_validation_rolls_traffic_back_to_blue(dbs: Databases, bouncer: L
     assert scalar(dbs.blue_dsn, "SELECT status FROM bluegreen.runs") == "rolled_back"
 
 
+@pytest.mark.parametrize("method", ["logical", "trigger"])
 def test_rollback_replays_onto_blue_what_clients_wrote_on_green(dbs: Databases, bouncer: LocalPgBouncer,
-                                                                tmp_path: Path) -> None:
+                                                                tmp_path: Path, method: str) -> None:
     """Reverse capture: rows written on green between the cutover and a failed validation are on blue after."""
     for dsn in (dbs.blue_dsn, dbs.green_dsn):
         query(dsn, "CREATE TABLE tokens (id int PRIMARY KEY, active bool NOT NULL)")
         query(dsn, "INSERT INTO tokens SELECT g, true FROM generate_series(1, 10) g")
-    before = """  - {id: capture-green, kind: capture, on: green, table: tokens}
+    before = f"""  - {{id: capture-green, kind: capture, method: {method}, on: green, table: tokens}}
 """
     after = """  - id: validate
     kind: validate
@@ -268,6 +269,7 @@ def test_rollback_replays_onto_blue_what_clients_wrote_on_green(dbs: Databases, 
     result = outcome[0]
     assert result.returncode == 3, result.stderr[-3000:]
     assert "no-poison" in result.stderr
+    # 20 inserts, an update, a delete and the poison row (logical decoding: one change each too)
     assert "replayed 23 event(s) captured on green back onto blue" in result.stderr
     assert _server_major(bouncer, dbs.name) == 15
     on_blue = query(dbs.blue_dsn, "SELECT id, active FROM tokens ORDER BY id")
@@ -276,6 +278,9 @@ def test_rollback_replays_onto_blue_what_clients_wrote_on_green(dbs: Databases, 
     query(dbs.blue_dsn, "INSERT INTO tokens VALUES (1000, true)")  # blue writable again
     query(dbs.green_dsn, "INSERT INTO tokens VALUES (1000, true)")  # green's fence for the drain was lifted
     assert scalar(dbs.green_dsn, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'bluegreen_capture%'") == 0
+    for dsn in (dbs.blue_dsn, dbs.green_dsn):  # a failed validation rolled back: no slot, no publication left
+        assert scalar(dsn, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bluegreen%'") == 0
+        assert scalar(dsn, "SELECT count(*) FROM pg_publication WHERE pubname LIKE 'bluegreen%'") == 0
 
 
 def test_rollback_command_sends_traffic_back(dbs: Databases, bouncer: LocalPgBouncer, tmp_path: Path) -> None:
@@ -309,7 +314,8 @@ def test_rollback_command_sends_traffic_back(dbs: Databases, bouncer: LocalPgBou
 
 def test_cutover_plan_renders_offline(tmp_path: Path, dbs: Databases, bouncer: LocalPgBouncer) -> None:
     plan = _cutover_plan(tmp_path / "plan.yaml", dbs, bouncer, extra="drain: [capture-tokens]")
-    plan.write_text(plan.read_text().replace("steps:\n", "steps:\n  - {id: capture-tokens, kind: capture, table: t}\n"))
+    plan.write_text(plan.read_text().replace(
+        "steps:\n", "steps:\n  - {id: capture-tokens, kind: capture, method: trigger, table: t}\n"))
     result = bluegreen(["run", str(plan), "--dry-run", "--offline"], cli_env(dbs))
     assert result.returncode == 0, result.stderr
     for text in (f"PAUSE {dbs.name}", "ALTER DATABASE", "SET default_transaction_read_only = on",

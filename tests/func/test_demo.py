@@ -23,9 +23,8 @@ def test_demo_runs_the_whole_story_to_its_report() -> None:
     assert code == 0, output[-4000:]
     assert payload["status"] == "done"
     steps = {s["id"]: s for s in payload["steps"]}
-    assert list(steps) == ["capture-refresh-revocations", "extend-ttl", "snapshot", "migrate-columns",
-                           "migrate-indexes", "check-queries", "catch-up", "capture-green-accounts",
-                           "capture-green-revocations", "cutover", "validate"]
+    assert list(steps) == ["capture", "extend-ttl", "snapshot", "migrate-columns", "migrate-indexes",
+                           "check-queries", "catch-up", "capture-green", "cutover", "validate"]
     assert all(s["status"] == "done" for s in payload["steps"])
     assert steps["snapshot"]["stats"]["green"]["tup_inserted"] >= 140_000  # blue's rows reached green
     assert steps["extend-ttl"]["stats"]["blue"]["tup_updated"] > 0  # expiry pushed on blue
@@ -33,6 +32,7 @@ def test_demo_runs_the_whole_story_to_its_report() -> None:
     pause = next(c for c in steps["cutover"]["checks"] if c["name"] == "pause")
     assert "PAUSE" in pause["detail"] and "drain" in pause["detail"]  # the pause, phase by phase
     assert "captured event(s) before the pause" in output  # the cutover caught up outside the pause first
+    assert "dropped slot bluegreen_" in output and "on blue" in output and "on green" in output  # both captures
     traffic = payload["traffic"]
     assert traffic["transactions"] > 0
     assert traffic["failed"] == 0 and traffic["aborted_clients"] == 0
@@ -48,3 +48,5 @@ def test_demo_with_a_failing_check_rolls_back_to_blue() -> None:
     assert "operator-check: returned False" in output
     assert "traffic is back on blue, blue is writable" in output
     assert "event(s) captured on green back onto blue" in output  # the reverse captures drained first
+    # the captures' undo released both slots, forward (blue) and reverse (green)
+    assert "done drop_slot:capture on blue" in output and "done drop_slot:capture-green on green" in output

@@ -25,7 +25,7 @@ INSERT INTO items (id, v, note) SELECT g, g, 'seed' FROM generate_series(1, 300)
 
 
 def _steps(batch_size: int = 200) -> str:
-    return ("  - {id: cap, kind: capture, table: items}\n"
+    return ("  - {id: cap, kind: capture, method: trigger, table: items}\n"
             "  - {id: snap, kind: snapshot, jobs: 2}\n"
             f"  - {{id: catch-up, kind: replay, max_lag: 0, batch_size: {batch_size}, timeout: 2m}}\n")
 
@@ -197,7 +197,8 @@ def test_an_event_committed_late_with_a_low_seq_is_not_skipped(dbs: Databases, t
     query(dbs.blue_dsn, ITEMS)
     env = cli_env(dbs)
     assert bluegreen(["run", str(write_plan(tmp_path / "c.yaml", "trap-cap", "  - {id: cap, kind: capture,"
-                                                                            " table: items}\n"))], env).returncode == 0
+                                                                            " method: trigger, table: items}\n"))],
+                     env).returncode == 0
     with psycopg.connect(dbs.blue_dsn) as long_tx:
         long_tx.execute("UPDATE items SET v = -1 WHERE id = 1")  # seq 1, stays open across the snapshot
         snap = bluegreen(["run", str(write_plan(tmp_path / "s.yaml", "trap-snap",
@@ -230,7 +231,7 @@ def test_batches_that_reorder_into_a_conflict_fall_back_to_one_by_one(dbs: Datab
     query(dbs.blue_dsn, "CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE NOT NULL, n int);"
                         " INSERT INTO users SELECT g, 'u' || g, 0 FROM generate_series(1, 5) g")
     env = cli_env(dbs)
-    steps = ("  - {id: cap, kind: capture, table: users}\n  - {id: snap, kind: snapshot}\n")
+    steps = ("  - {id: cap, kind: capture, method: trigger, table: users}\n  - {id: snap, kind: snapshot}\n")
     assert bluegreen(["run", str(write_plan(tmp_path / "p.yaml", "swap", steps))], env, timeout=120).returncode == 0
     # swap two emails through a temporary value, change a key, and delete/re-insert: the last event per key,
     # in the order of those last events, collides with a unique index that the sequential order never hits
@@ -254,7 +255,7 @@ def test_batches_that_reorder_into_a_conflict_fall_back_to_one_by_one(dbs: Datab
 def test_events_of_a_quarantined_row_are_quarantined_not_replayed(dbs: Databases, tmp_path: Path) -> None:
     query(dbs.blue_dsn, ITEMS)
     env = cli_env(dbs)
-    steps = "  - {id: cap, kind: capture, table: items}\n  - {id: snap, kind: snapshot}\n"
+    steps = "  - {id: cap, kind: capture, method: trigger, table: items}\n  - {id: snap, kind: snapshot}\n"
     assert bluegreen(["run", str(write_plan(tmp_path / "p.yaml", "held", steps))], env, timeout=120).returncode == 0
     # a cleanup on green quarantined rows 5 and 6 (they broke a constraint a migration adds)
     with psycopg.connect(dbs.green_dsn, autocommit=True) as conn:
@@ -288,7 +289,8 @@ def test_replay_sql_file_with_named_parameters(dbs: Databases, tmp_path: Path) -
     query(dbs.blue_dsn, "CREATE TABLE tokens (signature text PRIMARY KEY, active boolean NOT NULL, tags text[]);"
                         " INSERT INTO tokens SELECT 's' || g, true, ARRAY['t' || g] FROM generate_series(1, 20) g")
     (tmp_path / "revoke.sql").write_text(REPLAY_SQL)
-    steps = ('  - {id: cap, kind: capture, table: tokens, events: [update], when: "OLD.active AND NOT NEW.active",'
+    steps = ('  - {id: cap, kind: capture, method: trigger, table: tokens, events: [update],'
+             ' when: "OLD.active AND NOT NEW.active",'
              ' replay: revoke.sql}\n'
              "  - {id: snap, kind: snapshot}\n"
              '  - {id: migrate, kind: sql, on: green, sql: "ALTER TABLE tokens ADD COLUMN revoked_at timestamptz;'

@@ -15,10 +15,10 @@ from orchestrator.copy.pgtools import libpq_args, parse_toc
 from orchestrator.errors import PlanError
 from orchestrator.plan import load_plan
 from orchestrator.replay import CaptureInfo, Lag, RoundResult, compile_replay_sql
+from orchestrator.spec import parse_size
 from orchestrator.steps import StepContext, build_step
 from orchestrator.steps.capture import trigger_name
 from orchestrator.steps.replay import _Tally, catch_up_all
-from orchestrator.steps.snapshot import parse_size
 
 ENV = {"BLUE_DSN": "postgresql://postgres:secret-pw@127.0.0.1:5432/app",
        "GREEN_DSN": "postgresql://postgres:secret-pw@127.0.0.1:5433/app"}
@@ -45,7 +45,8 @@ def _offline_ctx(loaded: object) -> StepContext:
 
 
 def test_capture_renders_the_trigger_exactly(tmp_path: Path) -> None:
-    loaded = load_plan(_plan(tmp_path, '  - {id: revoke, kind: capture, table: App."Tokens", events: [update],'
+    loaded = load_plan(_plan(tmp_path, '  - {id: revoke, kind: capture, method: trigger, table: App."Tokens",'
+                                      ' events: [update],'
                                       ' when: "OLD.active AND NOT NEW.active", lock_timeout: 500ms}\n'), ENV)
     step = build_step(loaded.plan.steps[0], loaded)
     actions = step.plan(_offline_ctx(loaded))

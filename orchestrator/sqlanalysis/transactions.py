@@ -59,6 +59,7 @@ from .locksafe import (
     classify,
     do_commits,
     hoist,
+    relations,
 )
 from .parse import BOM, SqlSyntaxError
 
@@ -337,6 +338,59 @@ def _effects(text: str) -> _Effects:
     elif isinstance(node, ast.SelectStmt) and node.intoClause is not None:
         creates.append(TableRef.of(node.intoClause.rel))
     return _Effects(tuple(writes.tables), tuple(locks), tuple(creates))
+
+
+@functools.lru_cache(maxsize=8192)
+def _mentions(text: str) -> frozenset[str] | None:
+    """The relations a piece names (None: it may touch anything, like a DO block or a function)."""
+    try:
+        node = parse_sql(text)[0].stmt
+    except Exception:
+        return None
+    if isinstance(node, ast.DoStmt | ast.CreateFunctionStmt | ast.TransactionStmt | ast.VariableSetStmt
+                  | ast.CallStmt):
+        return None
+    return frozenset(relations(node))
+
+
+def sink(pieces: Sequence[Piece]) -> list[Piece]:
+    """Move each ``VALIDATE CONSTRAINT`` to the end of the statements after it that do not name its table.
+
+    A validation runs alone, outside the transaction; run after what follows instead of in its middle,
+    it leaves the rest of the author's transaction in one piece. It never passes a statement that names
+    its table or the table its foreign key references (which may drop, rename or rely on the validated
+    constraint, as ``SET NOT NULL`` relies on its check), a statement outside a transaction other than
+    another validation, or one whose effects are unknown (a DO block, a function, a savepoint, a SET).
+    """
+    out: list[Piece] = []
+    run: list[Piece] = []
+
+    def flush() -> None:
+        # each validation goes just before the first later statement naming its table (or to the end)
+        before: dict[int, list[Piece]] = {}
+        for n, piece in enumerate(run):
+            if piece.verb != "validate_constraint":
+                continue
+            names = (_mentions(piece.sql) or frozenset()) | {c.ref_table.name for c in piece.cleanup if c.ref_table}
+            stop = next((m for m in range(n + 1, len(run)) if run[m].verb != "validate_constraint"
+                         and (not names or (_mentions(run[m].sql) or frozenset()) & names)), len(run))
+            before.setdefault(stop, []).append(piece)
+        for n, piece in enumerate(run):
+            out.extend(before.get(n, []))
+            if piece.verb != "validate_constraint":
+                out.append(piece)
+        out.extend(before.get(len(run), []))
+        run.clear()
+
+    for piece in pieces:
+        validate = piece.verb == "validate_constraint" and not piece.transactional
+        if validate or (piece.transactional and piece.origin >= 0 and _mentions(piece.sql) is not None):
+            run.append(piece)
+        else:
+            flush()
+            out.append(piece)
+    flush()
+    return out
 
 
 def _same(a: TableRef, b: TableRef) -> bool:
@@ -657,8 +711,15 @@ class _Builder:
             units.extend(self.group(g, self.prefix if n == 0 else []))
         if not self.found.groups and self.prefix:
             units.append(Unit(tuple(self.prefix), True, -1))
+        statements = self.analysis.statements
+
+        def needs_block(piece: Piece) -> bool:  # a savepoint or a SET LOCAL means nothing outside a block
+            node = statements[piece.origin].node if piece.origin >= 0 else None
+            return _kind(node) in _SAVEPOINT_KINDS or _scoped(node)
+
         plain = [replace(u, wrap=u.transaction and (u.opener is not None or u.closer is not None or u.rollback
-                                                             or len(u.statements()) > 1)) for u in units]
+                                                    or len(u.statements()) > 1 or any(map(needs_block, u.pieces))))
+                 for u in units]
         if not any(u.wrap for u in plain):  # no control in the file: adjacent transactions must say where they end
             plain = [replace(u, wrap=u.transaction and any(
                 0 <= m < len(plain) and plain[m].transaction for m in (n - 1, n + 1))) for n, u in enumerate(plain)]
@@ -677,7 +738,7 @@ class _Builder:
                 self.changed.add(i)
             pieces.extend(own)
         if lock_safe and not g.rollback:
-            pieces = hoist(pieces, statements)
+            pieces = sink(hoist(pieces, statements))
         if self.before is not None:
             pieces = [q for p in pieces for q in (*self.before(p), p)]
         n = len(pieces)
@@ -931,7 +992,7 @@ class _Renderer:
             self.parts.append(text)
 
     def line(self, text: str) -> None:
-        if self.parts and not self.parts[-1].endswith(("\n", "\r")):
+        if self.parts and not self.parts[-1].endswith(("\n", "\r", BOM)):
             self.parts.append(self.nl)
         self.parts.append(text + self.nl)
 
@@ -994,8 +1055,8 @@ class _Renderer:
         order = [p for u in plan.units for p in u.pieces]
         lasts: dict[int, int] = {p.origin: k for k, p in enumerate(order)}
         after: list[int] = [len(self.statements)] * (len(order) + 1)
-        for k in range(len(order) - 1, -1, -1):
-            origin = order[k].origin
+        for k in range(len(order) - 1, -1, -1):  # validations moved down (sink) make nothing before them early
+            origin = order[k].origin if order[k].verb != "validate_constraint" else -1
             after[k] = min(after[k + 1], origin if origin >= 0 else after[k + 1])
         k = 0
         for unit in plan.units:

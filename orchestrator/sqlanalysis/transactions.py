@@ -16,10 +16,10 @@ splits it where it is not, in as few places as it can:
   INDEX CONCURRENTLY``, ``REINDEX CONCURRENTLY``, ``VACUUM``, a ``DO`` block that commits) runs alone,
   between the parts of its block; ``VALIDATE CONSTRAINT`` too, after the ``NOT VALID`` one committed;
 - a backfill (``UPDATE t SET c = ... WHERE c IS NULL ...``) runs in committed batches (lock-safe mode);
-- a statement that may write many rows of a table (``UPDATE``, ``DELETE``, ``INSERT ... SELECT``,
-  ``MERGE``) never shares a transaction with a lock that blocks writes to that table (SHARE or
-  stronger), taken before it (held for the whole write) or after it (waited for while its row locks
-  are held), unless the table was created earlier in the same transaction;
+- a statement that may write many rows (``UPDATE``, ``DELETE``, ``INSERT ... SELECT``, ``MERGE``) never
+  shares a transaction with a lock that blocks writes to a table (SHARE or stronger), taken before it
+  (held for the whole write) or after it (waited for while its row locks are held), unless that table
+  was created earlier in the same transaction (nobody else sees it yet);
 - a unique index built for a key swap goes before the transaction, which keeps the swap atomic; an
   index or constraint on a table created earlier in the same transaction stays in it, as written;
 - a ``SET LOCAL`` of a split block is repeated in each later part (as a session ``SET``, reset after,
@@ -316,16 +316,23 @@ class _Writes(Visitor):
 
 
 @functools.lru_cache(maxsize=8192)
-def _effects(text: str) -> _Effects:
+def _statement(text: str) -> Any:
+    """The parsed node of a piece (None if it does not parse, which a piece always does)."""
     try:
-        node = parse_sql(text)[0].stmt
-    except Exception:  # a piece always parses; anything else has no effect we can name
+        return parse_sql(text)[0].stmt
+    except Exception:
+        return None
+
+
+@functools.lru_cache(maxsize=8192)
+def _effects(text: str) -> _Effects:
+    node = _statement(text)
+    if node is None:
         return _Effects()
     writes = _Writes()
-    if node is not None:
-        writes(node)
+    writes(node)
     locks: list[tuple[TableRef, str]] = []
-    if not isinstance(node, ast.LockStmt):  # an explicit LOCK is the author's intent: kept with what it guards
+    if not isinstance(node, ast.LockStmt):  # an explicit LOCK is the author's intent: see conflict_cuts
         for lock in classify(node)[0]:
             if lock.table is not None and lock.mode in _STRENGTH \
                     and _STRENGTH.index(lock.mode) >= _STRENGTH.index(SHARE):
@@ -343,9 +350,8 @@ def _effects(text: str) -> _Effects:
 @functools.lru_cache(maxsize=8192)
 def _mentions(text: str) -> frozenset[str] | None:
     """The relations a piece names (None: it may touch anything, like a DO block or a function)."""
-    try:
-        node = parse_sql(text)[0].stmt
-    except Exception:
+    node = _statement(text)
+    if node is None:
         return None
     if isinstance(node, ast.DoStmt | ast.CreateFunctionStmt | ast.TransactionStmt | ast.VariableSetStmt
                   | ast.CallStmt):
@@ -397,16 +403,22 @@ def _same(a: TableRef, b: TableRef) -> bool:
     return a.name == b.name and (a.schema is None or b.schema is None or a.schema == b.schema)
 
 
-def _conflict(first: _Effects, second: _Effects, created: Sequence[TableRef]) -> tuple[TableRef, str, bool] | None:
-    """A table ``first`` and ``second`` must not share a transaction for: (table, lock mode, write first?)."""
-    for table in first.writes:
+def _conflict(first: _Effects, second: _Effects,
+              created: Sequence[TableRef]) -> tuple[TableRef, str, TableRef, bool] | None:
+    """Why ``first`` and ``second`` must not share a transaction: (written table, lock mode, locked table,
+    write first?), or None. A table created earlier in the transaction is seen by no one else: its lock
+    blocks no one, nor do the row locks of a write into it."""
+    def new(table: TableRef) -> bool:
+        return any(_same(table, c) for c in created)
+
+    for written in first.writes:
         for locked, mode in second.locks:
-            if _same(table, locked) and table not in created and locked not in created:
-                return table, mode, True
+            if not new(locked) and not new(written):
+                return written, mode, locked, True
     for locked, mode in first.locks:
-        for table in second.writes:
-            if _same(table, locked) and table not in created and locked not in created:
-                return table, mode, False
+        for written in second.writes:
+            if not new(locked):
+                return written, mode, locked, False
     return None
 
 
@@ -734,6 +746,9 @@ class _Builder:
             if i in self.skip:
                 continue
             own = self.pieces_of(i)
+            if g.kind == "statement" and isinstance(statements[i].node, ast.CallStmt):
+                # alone, as psql runs it: a procedure may COMMIT, which it cannot inside a transaction block
+                own = [replace(p, transactional=False) for p in own]
             if any(p.rewritten or p.sql != statements[i].statement.text for p in own):
                 self.changed.add(i)
             pieces.extend(own)
@@ -831,8 +846,9 @@ class _Builder:
         return units
 
     def conflict_cuts(self, pieces: list[Piece], cuts: dict[int, str], inside_frozen: Callable[[int], bool]) -> None:
-        """Split the runs of transactional pieces between bulk writes and write-blocking locks on one table."""
+        """Split runs of transactional pieces between bulk writes and write-blocking locks, as few times as can be."""
         effects = [_effects(p.sql) for p in pieces]
+        locks = [isinstance(_statement(p.sql), ast.LockStmt) for p in pieces]
         start = 0
         for j, piece in enumerate(pieces):
             if j in cuts:
@@ -843,7 +859,10 @@ class _Builder:
             while i < j:
                 hit = _conflict(effects[i], effects[j], created)
                 if hit is not None:
-                    at = next((k for k in range(j, i, -1) if not inside_frozen(k)), None)
+                    # as late as can be, but never inside a savepoint rolled back to, nor after the author's
+                    # explicit LOCK TABLE (what follows it in the transaction is what it guards)
+                    at = next((k for k in range(j, i, -1) if not inside_frozen(k) and not any(locks[start:k])),
+                              None)
                     if at is not None:
                         cuts[at] = self.clash(hit, pieces[i], pieces[j])
                         start, i, created = at, at, []
@@ -851,13 +870,14 @@ class _Builder:
                 created.extend(effects[i].creates)
                 i += 1
 
-    def clash(self, hit: tuple[TableRef, str, bool], first: Piece, second: Piece) -> str:
-        table, mode, write_first = hit
+    def clash(self, hit: tuple[TableRef, str, TableRef, bool], first: Piece, second: Piece) -> str:
+        written, mode, locked, write_first = hit
         a, b = self.line(first), self.line(second)
         if write_first:
-            return (f"the write of {table} at line {a} would hold its row locks while line {b} waits for "
-                    f"{mode} on {table}")
-        return f"the {mode} lock on {table} taken at line {a} would be held through the write of {table} at line {b}"
+            return (f"the write of {written} at line {a} would hold its row locks while line {b} waits for "
+                    f"{mode} on {locked}")
+        return (f"the {mode} lock on {locked} taken at line {a} would be held through the write of {written} "
+                f"at line {b}")
 
     def line(self, piece: Piece) -> int:
         return self.analysis.statements[piece.origin].statement.line if piece.origin >= 0 else 0

@@ -17,6 +17,12 @@ their rule. ``mode: fast`` (green before cutover, no traffic): the statements as
 transaction per file, named index builds taken out of it and run ``parallel`` at a time with a
 raised ``maintenance_work_mem``.
 
+Transactions. Each file runs as its transaction plan (:mod:`..sqlanalysis.transactions`): the
+transactions the file asks for (its ``BEGIN`` ... ``COMMIT`` blocks as psql runs them; otherwise one per
+file, or one per statement for ``.autocommit.`` files), split only where lock safety needs it. It is
+the plan ``bluegreen rewrite`` writes as a file; here each of its units is one action (a transaction,
+or one statement in autocommit), with the cleanup before the statement that needs it.
+
 Idempotent: the untouched statements of a file run in transactions that commit with their journal
 marker (exactly once); the version is recorded with the file's last transaction. Statements that
 run outside a transaction are written to run again safely (``IF NOT EXISTS``, ``IF EXISTS``,

@@ -71,6 +71,11 @@ def test_a_file_without_control_is_one_transaction_and_an_autocommit_file_runs_s
     assert shape(text, "001_x.autocommit.sql") == [("tx", ["ALTER TABLE t"]), ("tx", ["ALTER TABLE t"])]
 
 
+def test_a_call_outside_any_block_runs_alone_as_psql_runs_it() -> None:
+    assert [u.transaction for u in plan("BEGIN;\nCALL p();\nCOMMIT;\nCALL p();\n").units] == [True, False]
+    assert [u.transaction for u in plan("CALL p();\nSELECT 1;\n").units] == [True]  # the file's transaction
+
+
 def test_a_do_block_that_commits_runs_outside_any_transaction() -> None:
     text = ("ALTER TABLE t ADD COLUMN a int;\n"
             "DO $$ BEGIN LOOP UPDATE t SET a = 1 WHERE a IS NULL; EXIT WHEN NOT FOUND; COMMIT; END LOOP; END $$;\n"
@@ -114,32 +119,45 @@ def test_validate_runs_after_its_not_valid_constraint_committed_and_after_what_d
     assert shape(text) == [("tx", ["ALTER TABLE a"]), ("alone", ["ALTER TABLE a"]), ("tx", ["ALTER TABLE b"])]
 
 
-def test_a_bulk_write_never_shares_a_transaction_with_a_write_blocking_lock_on_its_table() -> None:
+def test_a_bulk_write_never_shares_a_transaction_with_a_write_blocking_lock() -> None:
     text = ("BEGIN;\n"
             "ALTER TABLE t ADD COLUMN c int;\n"          # ACCESS EXCLUSIVE on t ...
             "UPDATE t SET c = 1;\n"                      # ... would be held through this write
-            "UPDATE u SET x = 1;\n"                      # another table: stays with it
-            "ALTER TABLE t ALTER COLUMN c SET DEFAULT 0;\n"  # waited for while the rows are locked
-            "LOCK TABLE v IN EXCLUSIVE MODE;\n"          # an explicit LOCK stays with what it guards
+            "UPDATE u SET x = 1;\n"                      # writes only: they stay together
+            "ALTER TABLE t ALTER COLUMN c SET DEFAULT 0;\n"  # waited for while their rows are locked
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS w_idx ON w (a);\n"
+            "ALTER TABLE v ALTER COLUMN a SET DEFAULT 0;\n"
+            "LOCK TABLE v IN EXCLUSIVE MODE;\n"          # the author's LOCK stays with what it guards
             "DELETE FROM v;\n"
             "COMMIT;\n")
     assert shape(text) == [("tx", ["ALTER TABLE t"]), ("tx", ["UPDATE t SET", "UPDATE u SET"]),
-                           ("tx", ["ALTER TABLE t", "LOCK TABLE v", "DELETE FROM v"])]
+                           ("tx", ["ALTER TABLE t"]), ("alone", ["CREATE INDEX CONCURRENTLY"]),
+                           ("tx", ["ALTER TABLE v"]), ("tx", ["LOCK TABLE v", "DELETE FROM v"])]
     notes = [u.notes for u in plan(text).units]
     assert notes[1] == ("the transaction of line 1 is split here: the ACCESS EXCLUSIVE lock on t taken at line 2 "
                         "would be held through the write of t at line 3 (atomicity changed)",)
     assert notes[2] == ("the transaction of line 1 is split here: the write of t at line 3 would hold its row locks "
                         "while line 5 waits for ACCESS EXCLUSIVE on t (atomicity changed)",)
+    assert notes[5] == ("the transaction of line 1 is split here: the ACCESS EXCLUSIVE lock on v taken at line 7 "
+                        "would be held through the write of v at line 9 (atomicity changed)",)
 
 
 def test_what_touches_a_table_created_in_the_same_transaction_stays_in_it_as_written() -> None:
     text = ("BEGIN;\nCREATE TABLE n (id int, p int);\nCREATE INDEX n_p_idx ON n (p);\n"
-            "ALTER TABLE n ADD CONSTRAINT n_p_fk FOREIGN KEY (p) REFERENCES p (id);\n"
             "INSERT INTO n SELECT g, g FROM generate_series(1, 10) g;\nALTER TABLE n ADD PRIMARY KEY (id);\n"
-            "UPDATE n SET p = 1 WHERE p IS NULL;\nCOMMIT;\n")
-    assert shape(text) == [("tx", ["CREATE TABLE n", "CREATE INDEX n_p_idx", "ALTER TABLE n", "INSERT INTO n",
-                                   "ALTER TABLE n", "UPDATE n SET"])]
-    assert plan(text).units[0].pieces[1].sql == "CREATE INDEX n_p_idx ON n (p)"
+            "UPDATE n SET p = 1 WHERE p IS NULL;\nALTER TABLE n ADD CONSTRAINT n_p_check CHECK (p > 0);\n"
+            "ALTER TABLE n ADD CONSTRAINT n_p_fk FOREIGN KEY (p) REFERENCES p (id);\nCOMMIT;\n")
+    assert shape(text) == [("tx", ["CREATE TABLE n", "CREATE INDEX n_p_idx", "INSERT INTO n", "ALTER TABLE n",
+                                   "UPDATE n SET", "ALTER TABLE n", "ALTER TABLE n"])]
+    assert [p.sql for p in plan(text).units[0].pieces][1:] == [
+        "CREATE INDEX n_p_idx ON n (p)", "INSERT INTO n SELECT g, g FROM generate_series(1, 10) g",
+        "ALTER TABLE n ADD PRIMARY KEY (id)", "UPDATE n SET p = 1 WHERE p IS NULL",
+        "ALTER TABLE n ADD CONSTRAINT n_p_check CHECK (p > 0)",
+        "ALTER TABLE n ADD CONSTRAINT n_p_fk FOREIGN KEY (p) REFERENCES p (id)"]
+    # a foreign key to a live table locks that table: not through the write into the new one
+    text = ("BEGIN;\nCREATE TABLE n (id int, p int REFERENCES p (id));\n"
+            "INSERT INTO n SELECT g, g FROM generate_series(1, 10) g;\nCOMMIT;\n")
+    assert shape(text) == [("tx", ["CREATE TABLE n"]), ("tx", ["INSERT INTO n"])]
     # once something splits the new table from its index, the index is built concurrently after all
     split = "BEGIN;\nCREATE TABLE n (id int);\nDROP INDEX old_idx;\nCREATE INDEX n_id_idx ON n (id);\nCOMMIT;\n"
     assert shape(split) == [("tx", ["CREATE TABLE n"]), ("alone", ["DROP INDEX CONCURRENTLY"]),

@@ -21,10 +21,13 @@ splits it where it is not, in as few places as it can:
   (held for the whole write) or after it (waited for while its row locks are held), unless that table
   was created earlier in the same transaction (nobody else sees it yet);
 - a unique index built for a key swap goes before the transaction, which keeps the swap atomic; an
-  index or constraint on a table created earlier in the same transaction stays in it, as written;
+  index or constraint on a table created earlier in the same transaction stays in it, as written; a
+  ``VALIDATE`` waits for the end of the statements after it that name neither of its tables;
+- a ``CALL`` outside any block runs alone, as psql runs it (its procedure may commit);
 - a ``SET LOCAL`` of a split block is repeated in each later part (as a session ``SET``, reset after,
   around a statement that runs alone); a savepoint the split crosses is dropped when it is only
-  released, and nothing is split inside a savepoint that is rolled back to (that part is kept as written).
+  released, and nothing is split inside a savepoint that is rolled back to, nor after the author's own
+  ``LOCK TABLE``; a block that ends in ``ROLLBACK`` and a savepoint rolled back to are kept as written.
 
 :meth:`FilePlan.render` writes the plan as a file that psql runs as planned: it starts with ``SET
 lock_timeout``, says each split in a ``-- bluegreen:`` comment (the statements before commit without
@@ -606,9 +609,12 @@ class FilePlan:
             return self.analysis.text
         header = sql.SQL("SET lock_timeout = {}").format(sql.Literal(pg_duration(lock_timeout))).as_string()
         text = _Renderer(self, header).run()
-        back = Rewriter().analyze_file(text, self.analysis.source)
-        # as psql runs it: blocks as written, every other statement alone (the first is the SET above)
-        again = plan_file(back, "as-written", autocommit=True, skip=frozenset({0}))
+        try:
+            back = Rewriter().analyze_file(text, self.analysis.source)
+            # as psql runs it: blocks as written, every other statement alone (the first is the SET above)
+            again = plan_file(back, "as-written", autocommit=True, skip=frozenset({0}))
+        except SqlSyntaxError as exc:
+            raise RewriteError(f"{self.analysis.source}: the rewritten file does not read back: {exc}") from None
         if back.statements[0].statement.text != header or again.canonical() != self.canonical():
             raise RewriteError(f"{self.analysis.source}: the rewritten file would not run the planned transactions")
         return text

@@ -12,6 +12,7 @@ from .. import ui
 from ..cli import JsonOpt, app, guard
 from ..db import _pg_message, connect
 from ..errors import BluegreenError, UsageError
+from ..plan import Defaults, format_duration, parse_duration
 from ..sqlanalysis.lint import LintInputError, LintResult, RewriteResult, format_squawk, format_text, lint, rewrite
 from ..sqlanalysis.parse import SqlSyntaxError
 
@@ -56,21 +57,39 @@ def lint_command(
         raise typer.Exit(1)
 
 
+_DEFAULTS = Defaults()
+
+
 @app.command("rewrite")
 def rewrite_command(
     paths: PathsArg,
     out: Annotated[Path, typer.Option("--out", help="directory for the lock-safe files", show_default=False)],
     allow: Annotated[list[str] | None, typer.Option("--allow", help="rules with no safe form to keep as written "
                                                                     "(comma-separated)")] = None,
+    lock_timeout: Annotated[str, typer.Option("--lock-timeout", help="what every file sets lock_timeout to "
+                                                                     "(the plan default)")
+                            ] = format_duration(_DEFAULTS.lock_timeout),
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="rows per committed batch of a backfill "
+                                                                        "(the plan default)")
+                          ] = _DEFAULTS.batch_size,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write the lock-safe version of migration files into DIR (every byte outside rewritten statements kept).
+    """Write the lock-safe version of migration files into DIR, each to run as it is: psql -v ON_ERROR_STOP=1 -f.
 
-    Statements that CONCURRENTLY or VALIDATE now make non-transactional must run outside a transaction:
-    run the files statement by statement (psql without --single-transaction), or let a migrate step
-    with mode: lock-safe run the originals (it groups the rest into transactions).
+    Each file starts with SET lock_timeout. Statements that must run outside a transaction do, each
+    VALIDATE runs after its NOT VALID constraint committed, backfills run in committed batches, and
+    the rest of each transaction stays together; every split of a transaction is said in a
+    -- bluegreen: comment. A migrate step in mode: lock-safe runs the same transactions.
     """
-    result: RewriteResult = guard(as_json, lambda: _library(lambda: rewrite(paths, out, _rules(allow))))
+    def run() -> RewriteResult:
+        try:
+            timeout = parse_duration(lock_timeout)
+        except ValueError as exc:
+            raise UsageError(f"--lock-timeout: {exc}") from None
+        done: RewriteResult = _library(lambda: rewrite(paths, out, _rules(allow), timeout, batch_size))
+        return done
+
+    result: RewriteResult = guard(as_json, run)
     if as_json:
         ui.print_json(result.to_dict())
     else:
@@ -83,10 +102,12 @@ def rewrite_command(
             console.print(f"nothing written: {len(result.refused)} statement(s) have no lock-safe form; "
                           f"keep them as written with --allow {rules}", markup=False, soft_wrap=True)
         else:
-            changed = sum(1 for _, n in result.written if n)
-            statements = sum(n for _, n in result.written)
+            changed = sum(1 for _, n, _ in result.written if n)
+            statements = sum(n for _, n, _ in result.written)
+            splits = sum(k for _, _, k in result.written)
             console.print(f"{len(result.written)} file(s) written to {out}: {statements} statement(s) rewritten "
-                          f"in {changed} file(s)", markup=False, soft_wrap=True)
+                          f"in {changed} file(s), {splits} transaction change(s) noted", markup=False,
+                          soft_wrap=True)
     if result.refused:
         raise typer.Exit(1)
 

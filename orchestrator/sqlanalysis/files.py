@@ -32,7 +32,7 @@ class MigrationFile:
 
     @property
     def autocommit(self) -> bool:
-        return ".autocommit." in self.path.name
+        return is_autocommit(self.path.name)
 
     def read(self) -> str:
         """The file's text exactly as written (see :func:`read_sql_text`).
@@ -75,6 +75,11 @@ def read_sql_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise SqlFileError(path, line, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def is_autocommit(name: str) -> bool:
+    """Whether a migration file runs statement by statement outside a transaction (popx's ``.autocommit.``)."""
+    return ".autocommit." in name
 
 
 def version_of(name: str) -> str:

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from .files import SqlFileError, read_sql_text, version_key, version_of
+from .files import SqlFileError, is_autocommit, read_sql_text, version_key, version_of
 from .locksafe import BLOCKS, FileAnalysis, Hazard, Rewriter
 from .rules import RULES
+from .transactions import DEFAULT_BATCH, plan_file, structure
+
+DEFAULT_LOCK_TIMEOUT = timedelta(seconds=2)
+"""The lock timeout a rewritten file sets when none is given (the plan default)."""
 
 
 class LintInputError(ValueError):
@@ -90,7 +95,9 @@ def lint(paths: Sequence[Path], exclude: Iterable[str] = ()) -> LintResult:
     rewriter = Rewriter()
     result = LintResult(excluded=excluded)
     for path, _ in collect(paths):
-        result.files.append(rewriter.analyze_file(_read(path), str(path)))
+        analysis = rewriter.analyze_file(_read(path), str(path))
+        structure(analysis, is_autocommit(path.name))  # transaction control that cannot run is bad input too
+        result.files.append(analysis)
     return result
 
 
@@ -150,24 +157,35 @@ def format_squawk(result: LintResult) -> list[str]:
 
 @dataclass
 class RewriteResult:
-    """What ``bluegreen rewrite`` wrote, or would refuse."""
+    """What ``bluegreen rewrite`` wrote, or would refuse.
 
-    written: list[tuple[Path, int]] = field(default_factory=list)  # (output file, statements rewritten)
+    ``written`` holds (output file, statements written in another form, notes on split transactions).
+    """
+
+    written: list[tuple[Path, int, int]] = field(default_factory=list)
     refused: list[Hazard] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": not self.refused,
-                "files": [{"file": str(p), "rewritten": n} for p, n in self.written],
+                "files": [{"file": str(p), "rewritten": n, "splits": k} for p, n, k in self.written],
                 "refused": [asdict(h) for h in self.refused]}
 
 
-def rewrite(paths: Sequence[Path], out: Path, allow: Iterable[str] = ()) -> RewriteResult:
-    """Write the lock-safe version of every SQL file under ``paths`` into ``out``.
+def rewrite(paths: Sequence[Path], out: Path, allow: Iterable[str] = (), lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT,
+            batch_size: int = DEFAULT_BATCH) -> RewriteResult:
+    """Write the lock-safe version of every SQL file under ``paths`` into ``out``, to run as written.
 
-    Files with nothing to rewrite are copied unchanged (byte for byte), so ``out`` is a complete set.
-    If any statement has no safe form and its rule is not in ``allow``, nothing is written; nor when a
-    file is rejected (unreadable, not UTF-8, SQL the grammar refuses). Nothing is written outside
-    ``out``, never over an input file, and never two inputs into one output file.
+    Each file is its transaction plan (:mod:`.transactions`) as text: it starts with ``SET
+    lock_timeout``, says where it splits its author's transactions and why, and runs as planned when
+    psql runs it (``psql -v ON_ERROR_STOP=1 -f``); ``migrate`` runs the same plan. Every byte of what
+    is not rewritten is kept; a file with no statement is copied byte for byte, so ``out`` is a
+    complete set. If any statement has no safe form and its rule is not in ``allow``, nothing is
+    written; nor when a file is rejected (unreadable, not UTF-8, SQL the grammar refuses, transaction
+    control that cannot run). Nothing is written outside ``out``, never over an input file, and never
+    two inputs into one output file.
+
+    :param lock_timeout: what the files set ``lock_timeout`` to.
+    :param batch_size: rows per committed batch of a backfill.
 
     :raises LintInputError: see :func:`collect`; ``out`` is not a folder; two inputs share an output name;
         an output would overwrite an input; a file cannot be read or written.
@@ -181,7 +199,7 @@ def rewrite(paths: Sequence[Path], out: Path, allow: Iterable[str] = ()) -> Rewr
         raise LintInputError(f"{out}: --out must be a folder, and this is a file")
     rewriter = Rewriter()
     result = RewriteResult()
-    outputs: list[tuple[Path, str, int]] = []
+    outputs: list[tuple[Path, str, int, int]] = []
     targets: dict[Path, Path] = {}
     files = collect(paths)
     inputs = {path.resolve() for path, _ in files}
@@ -199,16 +217,16 @@ def rewrite(paths: Sequence[Path], out: Path, allow: Iterable[str] = ()) -> Rewr
         targets[key] = path
         analysis = rewriter.analyze_file(_read(path), str(path))
         result.refused.extend(analysis.refused(allowed))
-        changed = sum(1 for s in analysis.statements if s.safe is not None)
-        outputs.append((target, analysis.rewritten_text() if changed else analysis.text, changed))
+        plan = plan_file(analysis, "lock-safe", autocommit=is_autocommit(path.name), batch_size=batch_size)
+        outputs.append((target, plan.render(lock_timeout), len(plan.changed), plan.splits))
     if result.refused:
         return result
-    for target, text, changed in outputs:
+    for target, text, changed, splits in outputs:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             with target.open("w", encoding="utf-8", newline="") as fh:  # no newline translation
                 fh.write(text)
         except OSError as exc:
             raise LintInputError(f"{target}: cannot write: {exc.strerror or exc}") from None
-        result.written.append((target, changed))
+        result.written.append((target, changed, splits))
     return result

@@ -1,9 +1,11 @@
 """Lock hazards of migration statements, and their lock-safe rewrite, on the Postgres grammar (pglast).
 
 Every statement of a file is classified by the locks it takes and the table rewrites it causes,
-and each hazard is named with squawk's rule names (:mod:`.rules`). The lock-safe form of a file is
-a list of :class:`Piece` statements: consecutive ``transactional`` pieces run in one transaction,
-the others (``CONCURRENTLY``, ``VALIDATE CONSTRAINT``) each run alone in autocommit.
+and each hazard is named with squawk's rule names (:mod:`.rules`). The lock-safe form of a
+statement is a list of :class:`Piece` statements; ``transactional`` ones may share a transaction,
+the others (``CONCURRENTLY``, ``VALIDATE CONSTRAINT``) each run alone outside any. Which pieces run
+together, where the author's ``BEGIN`` ... ``COMMIT`` blocks are split and how the file says so is
+the file's transaction plan (:mod:`.transactions`).
 
 - ``CREATE INDEX`` -> ``CREATE INDEX CONCURRENTLY IF NOT EXISTS`` (alone);
 - ``DROP INDEX`` -> ``DROP INDEX CONCURRENTLY IF EXISTS`` (alone; with CASCADE, the dependent
@@ -28,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pglast import ast, parse_sql
+from pglast import ast, parse_plpgsql, parse_sql
 from pglast.enums import (
     AlterTableType,
     ConstrType,
@@ -72,10 +74,14 @@ REFUSED_RULES = frozenset({"adding-field-with-default", "changing-column-type"})
 
 @dataclass(frozen=True, slots=True)
 class Lock:
-    """A lock a statement takes on a relation (``target`` names a table, or ``index X``)."""
+    """A lock a statement takes on a relation (``target`` names a table, or ``index X``).
+
+    :ivar table: the table, when the lock is on a table the statement names.
+    """
 
     target: str
     mode: str
+    table: TableRef | None = field(default=None, compare=False)
 
     @property
     def blocks(self) -> str:
@@ -177,7 +183,13 @@ class StatementAnalysis:
             return any(getattr(p, "defname", None) == "concurrently" for p in node.params or ())
         if isinstance(node, ast.VacuumStmt):
             return True
-        return isinstance(node, ast.CreatedbStmt | ast.DropdbStmt | ast.AlterSystemStmt)
+        if isinstance(node, ast.DoStmt):
+            return do_commits(self.statement.text)
+        if isinstance(node, ast.AlterTableStmt):  # DETACH PARTITION ... CONCURRENTLY
+            return any(_subtype(c) == AlterTableType.AT_DetachPartition and isinstance(c.def_, ast.PartitionCmd)
+                       and c.def_.concurrent for c in node.cmds or ())
+        return isinstance(node, ast.CreatedbStmt | ast.DropdbStmt | ast.AlterSystemStmt | ast.CreateTableSpaceStmt
+                          | ast.DropTableSpaceStmt)
 
     def original(self) -> Piece:
         """The statement exactly as written, cleaned up for the constraints it adds."""
@@ -194,6 +206,44 @@ class StatementAnalysis:
             verb = "reindex"
         return Piece(self.statement.text, not self.concurrent, self.index, index=index,
                      cleanup=tuple(self.constraints), verb=verb)
+
+    def fast(self) -> Piece:
+        """The statement for ``mode: fast``: as written, except a named index build (``IF NOT EXISTS``,
+        outside the transaction, built in parallel with its neighbours)."""
+        node = self.node
+        piece = self.original()
+        if isinstance(node, ast.IndexStmt) and not node.concurrent and node.idxname:
+            text = _print(_replace(node, if_not_exists=True))
+            return Piece(text, False, self.index, index=piece.index, cleanup=piece.cleanup, parallel=True,
+                         verb="create_index", rewritten=not node.if_not_exists)
+        return piece
+
+    def lock_safe(self) -> list[Piece]:
+        """The lock-safe pieces of the statement (the statement itself when it is safe as written)."""
+        return list(self.safe) if self.safe is not None else [self.original()]
+
+
+def do_commits(text: str) -> bool:
+    """Whether a ``DO`` block (PL/pgSQL) runs COMMIT or ROLLBACK, so that it must run outside a transaction."""
+    try:
+        tree = parse_plpgsql(text)
+    except Exception:  # another language, or a body PL/pgSQL rejects: it fails the same way when run
+        return False
+    found = False
+
+    def walk(value: Any) -> None:
+        nonlocal found
+        if isinstance(value, dict):
+            if "PLpgSQL_stmt_commit" in value or "PLpgSQL_stmt_rollback" in value:
+                found = True
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(tree)
+    return found
 
 
 class RewriteError(ValueError):
@@ -379,12 +429,16 @@ def _constant(expr: Any) -> bool:
     return False
 
 
+def _locked(table: TableRef, mode: str) -> Lock:
+    return Lock(str(table), mode, table)
+
+
 def classify(node: Any) -> tuple[tuple[Lock, ...], tuple[str, ...]]:
     """The locks a statement takes and the tables it rewrites (copies in full)."""
     locks: list[Lock] = []
     rewrites: list[str] = []
     if isinstance(node, ast.IndexStmt):
-        locks.append(Lock(str(TableRef.of(node.relation)), SHARE_UPDATE_EXCLUSIVE if node.concurrent else SHARE))
+        locks.append(_locked(TableRef.of(node.relation), SHARE_UPDATE_EXCLUSIVE if node.concurrent else SHARE))
     elif isinstance(node, ast.DropStmt):
         kind = _enum(ObjectType, node.removeType)
         for obj in node.objects or ():
@@ -394,9 +448,12 @@ def classify(node: Any) -> tuple[tuple[Lock, ...], tuple[str, ...]]:
                                   SHARE_UPDATE_EXCLUSIVE if node.concurrent else ACCESS_EXCLUSIVE))
             elif kind in (ObjectType.OBJECT_TABLE, ObjectType.OBJECT_VIEW, ObjectType.OBJECT_MATVIEW,
                           ObjectType.OBJECT_SEQUENCE):
-                locks.append(Lock(name, ACCESS_EXCLUSIVE))
+                parts = [str(p.sval) for p in obj if isinstance(p, ast.String)] if isinstance(obj, tuple) else []
+                ref = TableRef(parts[-2] if len(parts) > 1 else None, parts[-1]) if parts else None
+                locks.append(Lock(name, ACCESS_EXCLUSIVE, ref))
     elif isinstance(node, ast.AlterTableStmt) and node.relation is not None:
-        table = str(TableRef.of(node.relation))
+        altered = TableRef.of(node.relation)
+        table = str(altered)
         modes: list[str] = []
         for cmd in node.cmds or ():
             subtype = _subtype(cmd)
@@ -404,7 +461,7 @@ def classify(node: Any) -> tuple[tuple[Lock, ...], tuple[str, ...]]:
             if subtype == AlterTableType.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint) \
                     and _enum(ConstrType, cmd.def_.contype) == ConstrType.CONSTR_FOREIGN:
                 mode = SHARE_ROW_EXCLUSIVE
-                locks.append(Lock(str(TableRef.of(cmd.def_.pktable)), SHARE_ROW_EXCLUSIVE))
+                locks.append(_locked(TableRef.of(cmd.def_.pktable), SHARE_ROW_EXCLUSIVE))
             modes.append(mode)
             volatile = subtype == AlterTableType.AT_AddColumn and isinstance(cmd.def_, ast.ColumnDef) \
                 and _volatile_default(cmd.def_) is not None
@@ -413,22 +470,22 @@ def classify(node: Any) -> tuple[tuple[Lock, ...], tuple[str, ...]]:
                 rewrites.append(table)
         strongest = _strongest(modes)
         if strongest:
-            locks.insert(0, Lock(table, strongest))
+            locks.insert(0, _locked(altered, strongest))
     elif isinstance(node, ast.CreateStmt):
         for element in node.tableElts or ():
             cons = element.constraints if isinstance(element, ast.ColumnDef) else (element,)
             for con in cons or ():
                 if isinstance(con, ast.Constraint) and _enum(ConstrType, con.contype) == ConstrType.CONSTR_FOREIGN:
-                    locks.append(Lock(str(TableRef.of(con.pktable)), SHARE_ROW_EXCLUSIVE))
+                    locks.append(_locked(TableRef.of(con.pktable), SHARE_ROW_EXCLUSIVE))
     elif isinstance(node, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt) and node.relation is not None:
-        locks.append(Lock(str(TableRef.of(node.relation)), ROW_EXCLUSIVE))
+        locks.append(_locked(TableRef.of(node.relation), ROW_EXCLUSIVE))
     elif isinstance(node, ast.TruncateStmt):
-        locks.extend(Lock(str(TableRef.of(r)), ACCESS_EXCLUSIVE) for r in node.relations or ())
+        locks.extend(_locked(TableRef.of(r), ACCESS_EXCLUSIVE) for r in node.relations or ())
     elif isinstance(node, ast.RenameStmt) and node.relation is not None:
-        locks.append(Lock(str(TableRef.of(node.relation)), ACCESS_EXCLUSIVE))
+        locks.append(_locked(TableRef.of(node.relation), ACCESS_EXCLUSIVE))
     elif isinstance(node, ast.ReindexStmt) and node.relation is not None:
         concurrent = any(getattr(p, "defname", None) == "concurrently" for p in node.params or ())
-        locks.append(Lock(str(TableRef.of(node.relation)), SHARE_UPDATE_EXCLUSIVE if concurrent else SHARE))
+        locks.append(_locked(TableRef.of(node.relation), SHARE_UPDATE_EXCLUSIVE if concurrent else SHARE))
     elif isinstance(node, ast.VacuumStmt):
         full = any(getattr(o, "defname", None) == "full" for o in node.options or ())
         for rel in node.rels or ():
@@ -437,14 +494,14 @@ def classify(node: Any) -> tuple[tuple[Lock, ...], tuple[str, ...]]:
             if full:
                 rewrites.append(name)
     elif isinstance(node, ast.ClusterStmt) and node.relation is not None:
-        name = str(TableRef.of(node.relation))
-        locks.append(Lock(name, ACCESS_EXCLUSIVE))
-        rewrites.append(name)
+        ref = TableRef.of(node.relation)
+        locks.append(_locked(ref, ACCESS_EXCLUSIVE))
+        rewrites.append(str(ref))
     elif isinstance(node, ast.CreateTrigStmt) and node.relation is not None:
-        locks.append(Lock(str(TableRef.of(node.relation)), SHARE_ROW_EXCLUSIVE))
+        locks.append(_locked(TableRef.of(node.relation), SHARE_ROW_EXCLUSIVE))
     elif isinstance(node, ast.LockStmt):
         mode = _LOCK_MODES.get(int(node.mode or 8), ACCESS_EXCLUSIVE)
-        locks.extend(Lock(str(TableRef.of(r)), mode) for r in node.relations or ())
+        locks.extend(_locked(TableRef.of(r), mode) for r in node.relations or ())
     return tuple(locks), tuple(dict.fromkeys(rewrites))
 
 
@@ -817,66 +874,16 @@ class FileAnalysis:
         return [s.original() for s in self.statements]
 
     def fast_pieces(self) -> list[Piece]:
-        """The statements as written, except named index builds: ``IF NOT EXISTS``, out of the transaction,
-        to be built in parallel with their neighbours (``mode: fast``, a cluster with no traffic)."""
-        pieces: list[Piece] = []
-        for s in self.statements:
-            node = s.node
-            if isinstance(node, ast.IndexStmt) and not node.concurrent and node.idxname:
-                piece = s.original()
-                text = _print(_replace(node, if_not_exists=True))
-                pieces.append(Piece(text, False, s.index, index=piece.index, cleanup=piece.cleanup, parallel=True,
-                                    verb="create_index",
-                                    rewritten=not node.if_not_exists))
-            else:
-                pieces.append(s.original())
-        return pieces
+        """The pieces of ``mode: fast``, in file order (see :meth:`StatementAnalysis.fast`)."""
+        return [s.fast() for s in self.statements]
 
     def safe_pieces(self) -> list[Piece]:
-        """The lock-safe pieces, with unique index builds moved as early as their transaction allows."""
-        return [piece for piece, _ in self._layout()]
+        """The lock-safe pieces of every statement, in file order (before any is moved: see :func:`hoist`).
 
-    def _layout(self) -> list[tuple[Piece, int]]:
-        """The lock-safe pieces in run order, each with the statement it is written before or in."""
-        pieces: list[Piece] = []
-        for s in self.statements:
-            pieces.extend(s.safe if s.safe is not None else [s.original()])
-        return _hoist(pieces, self.statements)
-
-    def rewritten_text(self) -> str:
-        """The file with each hazardous statement replaced by its lock-safe statements.
-
-        Every byte outside the rewritten statements is kept. A hoisted index build is written just
-        before the statement it now precedes. The result is split again and must give exactly the
-        pieces, in order.
-
-        :raises RewriteError: if the result does not split into the expected statements.
+        Which of them run together, and in what order, is the file's transaction plan
+        (:func:`.transactions.plan_file`).
         """
-        layout = self._layout()
-        out: list[str] = []
-        expected: list[str] = []
-        cursor = 0
-        for s in self.statements:
-            start = s.statement.offset
-            out.append(self.text[cursor:start])
-            hoisted = [p for p, anchor in layout if anchor == s.index and p.origin != s.index]
-            for piece in hoisted:
-                out.append(piece.sql + ";\n")
-                expected.append(piece.sql)
-            if s.safe is None:
-                out.append(s.statement.text)
-                expected.append(s.statement.text)
-            else:
-                own = [p for p, anchor in layout if anchor == s.index and p.origin == s.index]
-                out.append(";\n".join(p.sql for p in own))
-                expected.extend(p.sql for p in own)
-            cursor = start + len(s.statement.text)
-        out.append(self.text[cursor:])
-        text = "".join(out)
-        found = [st.text for st in split_statements(text, self.source)]
-        if found != expected:
-            raise RewriteError(f"{self.source}: the rewritten file does not split into the rewritten statements")
-        return text
+        return [piece for s in self.statements for piece in s.lock_safe()]
 
 
 _SAFE_TO_PASS = {AlterTableType.AT_DropConstraint, AlterTableType.AT_DropNotNull, AlterTableType.AT_ColumnDefault,
@@ -889,44 +896,33 @@ def _passable(statement: StatementAnalysis, table: str) -> bool:
     if isinstance(node, ast.AlterTableStmt) and node.relation is not None and str(node.relation.relname) == table:
         return all(_subtype(c) in _SAFE_TO_PASS and (_subtype(c) != AlterTableType.AT_ColumnDefault
                                                      or c.def_ is None) for c in node.cmds or ())
-    return table not in relations(node) and not isinstance(node, ast.DoStmt | ast.CreateFunctionStmt)
+    return table not in relations(node) and not isinstance(node, ast.DoStmt | ast.CreateFunctionStmt
+                                                           | ast.TransactionStmt | ast.VariableSetStmt)
 
 
-def _hoist(pieces: list[Piece], statements: Sequence[StatementAnalysis]) -> list[tuple[Piece, int]]:
+def hoist(pieces: Sequence[Piece], statements: Sequence[StatementAnalysis]) -> list[Piece]:
     """Move each ``hoist`` piece before the preceding pieces of its transaction it does not depend on.
 
-    :returns: the pieces in run order, each with its anchor: the statement it is written before
-        (hoisted) or in (the others).
+    ``pieces`` are those of one transaction as its author wrote it (a ``BEGIN`` ... ``COMMIT`` block,
+    or a whole file): a unique index is built before the statements that drop the old key, so the key
+    swap stays in one transaction. A piece never moves past a statement outside a transaction, a
+    statement of its own origin, a rewritten one or transaction control (``SAVEPOINT``...).
     """
-    out: list[tuple[Piece, int]] = [(p, p.origin) for p in pieces]
+    out = list(pieces)
     for piece in pieces:
         if not piece.hoist or piece.index is None:
             continue
-        at = next(i for i, (p, _) in enumerate(out) if p is piece)
+        at = next(i for i, p in enumerate(out) if p is piece)
         table = piece.index.table.name
         target = at
         while target > 0:
-            before, _ = out[target - 1]
-            if not before.transactional or before.origin == piece.origin or before.rewritten:
+            before = out[target - 1]
+            if not before.transactional or before.origin == piece.origin or before.rewritten or before.origin < 0:
                 break
             if not _passable(statements[before.origin], table):
                 break
             target -= 1
         if target != at:
             out.pop(at)
-            out.insert(target, (piece, out[target][0].origin))
+            out.insert(target, piece)
     return out
-
-
-def units(pieces: Sequence[Piece], autocommit: bool = False) -> list[list[Piece]]:
-    """Group pieces into what runs together: consecutive transactional pieces share a transaction.
-
-    :param autocommit: the file runs outside a transaction (``.autocommit.`` files): one piece per unit.
-    """
-    groups: list[list[Piece]] = []
-    for piece in pieces:
-        if piece.transactional and not autocommit and groups and groups[-1][0].transactional:
-            groups[-1].append(piece)
-        else:
-            groups.append([piece])
-    return groups

@@ -17,6 +17,12 @@ their rule. ``mode: fast`` (green before cutover, no traffic): the statements as
 transaction per file, named index builds taken out of it and run ``parallel`` at a time with a
 raised ``maintenance_work_mem``.
 
+Transactions. Each file runs as its transaction plan (:mod:`..sqlanalysis.transactions`): the
+transactions the file asks for (its ``BEGIN`` ... ``COMMIT`` blocks as psql runs them; otherwise one per
+file, or one per statement for ``.autocommit.`` files), split only where lock safety needs it. It is
+the plan ``bluegreen rewrite`` writes as a file; here each of its units is one action (a transaction,
+or one statement in autocommit), with the cleanup before the statement that needs it.
+
 Idempotent: the untouched statements of a file run in transactions that commit with their journal
 marker (exactly once); the version is recorded with the file's last transaction. Statements that
 run outside a transaction are written to run again safely (``IF NOT EXISTS``, ``IF EXISTS``,
@@ -51,9 +57,10 @@ from ..db import LiveExecutor
 from ..errors import ActionFailed, UsageError
 from ..spec import Model, StepSpecBase, Target
 from ..sqlanalysis.files import MigrationFile, MigrationFilesError, applied, find
-from ..sqlanalysis.locksafe import FileAnalysis, IndexBuild, Piece, Rewriter, units
+from ..sqlanalysis.locksafe import FileAnalysis, IndexBuild, Piece, Rewriter
 from ..sqlanalysis.parse import SqlSyntaxError, split_statements
 from ..sqlanalysis.rules import RULES
+from ..sqlanalysis.transactions import FilePlan, plan_file, structure
 from . import register
 from .base import Check, Step, StepContext
 from .cleanup import ViolationCheck, cleanup_checks, cleanup_statement, install_action, parse_table
@@ -106,7 +113,7 @@ class MigrateSpec(StepSpecBase):
         try:
             rewriter = Rewriter()
             for item in find(base, value):
-                rewriter.analyze_file(_read(item), str(item.path))
+                structure(rewriter.analyze_file(_read(item), str(item.path)), item.autocommit)
         except (MigrationFilesError, SqlSyntaxError, ValueError) as exc:
             raise ValueError(str(exc)) from None
         return value
@@ -217,25 +224,30 @@ class MigrateStep(Step[MigrateSpec]):
         recorded = self.recorded(ctx)
         return [(f, a) for f, a in self.analyses() if not applied(f.version, recorded, self.spec.history.prefix)]
 
-    def _pieces(self, item: MigrationFile, analysis: FileAnalysis, first: bool, run_id: int | None) -> list[Piece]:
-        pieces = analysis.safe_pieces() if self.spec.mode == "lock-safe" else analysis.fast_pieces()
-        if self.spec.cleanup == "none":
-            return pieces
-        policy = self.spec.cleanup
-        out: list[Piece] = []
-        for check in self.spec.checks:
-            if check.before == item.version or (check.before is None and first):
-                statement = cleanup_statement(check.constraint(), policy, run_id, self.id)
-                assert statement is not None
-                out.append(Piece(statement.as_string(), True, -1, rule="cleanup", rewritten=True, verb="cleanup"))
-        for piece in pieces:
-            for constraint in piece.cleanup:
-                statement = cleanup_statement(constraint, policy, run_id, self.id)
-                if statement is not None:
-                    out.append(Piece(statement.as_string(), True, piece.origin, rule="cleanup", rewritten=True,
-                                     verb="cleanup"))
-            out.append(piece)
-        return out
+    def plan_of(self, item: MigrationFile, analysis: FileAnalysis, first: bool, run_id: int | None) -> FilePlan:
+        """The file's transaction plan (what ``bluegreen rewrite`` writes), with the cleanup of this step in it."""
+        prefix: list[Piece] = []
+        before = None
+        if self.spec.cleanup != "none":
+            policy = self.spec.cleanup
+            for check in self.spec.checks:
+                if check.before == item.version or (check.before is None and first):
+                    statement = cleanup_statement(check.constraint(), policy, run_id, self.id)
+                    assert statement is not None
+                    prefix.append(Piece(statement.as_string(), True, -1, rule="cleanup", rewritten=True,
+                                        verb="cleanup"))
+
+            def before(piece: Piece) -> list[Piece]:
+                out: list[Piece] = []
+                for constraint in piece.cleanup:
+                    statement = cleanup_statement(constraint, policy, run_id, self.id)
+                    if statement is not None:
+                        out.append(Piece(statement.as_string(), True, piece.origin, rule="cleanup", rewritten=True,
+                                         verb="cleanup"))
+                return out
+
+        return plan_file(analysis, self.spec.mode, autocommit=item.autocommit,
+                         batch_size=self.loaded.plan.defaults.batch_size, before=before, prefix=prefix)
 
     def items(self, ctx: StepContext) -> list[_Item]:
         """The actions of the pending files, with what ``apply`` needs to run them.
@@ -257,23 +269,23 @@ class MigrateStep(Step[MigrateSpec]):
             out.append(_Item(install_action(self.id, self.spec.on)))
         lock_safe = self.spec.mode == "lock-safe"
         for position, (item, analysis) in enumerate(pending):
-            groups = units(self._pieces(item, analysis, position == 0, ctx.run_id), item.autocommit)
-            if not groups:  # only comments: the version is recorded all the same (as popx does)
+            units = self.plan_of(item, analysis, position == 0, ctx.run_id).units
+            if not units:  # only comments: the version is recorded all the same (as popx does)
                 out.append(_Item(SqlAction(id=f"record_version:{self.id}:{item.version}",
                                            statements=(self._record(item, ctx.run_id),), transactional=True,
                                            description=f"{item.name}: no statement; record the version",
                                            **self._common())))
-            for n, group in enumerate(groups):
-                last = n == len(groups) - 1
-                lines = sorted({analysis.statements[p.origin].statement.line for p in group if p.origin >= 0})
+            for n, unit in enumerate(units):
+                last = n == len(units) - 1
+                lines = sorted({analysis.statements[p.origin].statement.line for p in unit.pieces if p.origin >= 0})
                 where = f"{item.name}" + (f" line {lines[0]}" if len(lines) == 1 else
                                           f" lines {lines[0]}-{lines[-1]}" if lines else "")
-                if group[0].transactional and not item.autocommit:
-                    statements: list[Query] = []
+                if unit.transaction:
+                    statements: list[Query] = [sql.SQL(s) for s in unit.characteristics]
                     if not lock_safe:
                         statements.append(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
                             sql.Literal(self.spec.maintenance_work_mem)))
-                    statements.extend(sql.SQL(p.sql) for p in group)
+                    statements.extend(sql.SQL(s) for s in unit.statements()[len(unit.characteristics):])
                     if last:
                         statements.append(self._record(item, ctx.run_id))
                     out.append(_Item(SqlAction(id=f"migrate:{self.id}:{item.version}:{n}",
@@ -281,9 +293,9 @@ class MigrateStep(Step[MigrateSpec]):
                                                description=where + (" (records the version)" if last else ""),
                                                **self._common())))
                     continue
-                piece = group[0]
+                piece = unit.pieces[0]
                 common = self._common()
-                statements = [sql.SQL(piece.sql)]
+                statements = [sql.SQL(s) for s in unit.statements()]
                 if piece.parallel:
                     statements = [sql.SQL("SET maintenance_work_mem = {}").format(
                         sql.Literal(self.spec.maintenance_work_mem)), *statements,

@@ -1,7 +1,7 @@
 """Ory Hydra's real migrations through ``migrate`` on PostgreSQL 18 (green).
 
 - Applied as written (the way Hydra's own migrator does), rewritten lock-safe, run fast, and as the files
-  ``bluegreen rewrite`` writes: every way gives the same schema (catalog diff empty).
+  ``bluegreen rewrite`` writes, run with psql: every way gives the same schema (catalog diff empty).
 - A database at Hydra v1.11.10 with its testdata plus injected bad rows reaches v2.3.0 with inline cleanup,
   quarantining exactly the injected rows, which ``bluegreen quarantine restore`` puts back into a copy.
 """
@@ -16,10 +16,10 @@ import psycopg
 
 from orchestrator import catalog
 from orchestrator.localenv import Databases, LocalCluster
-from orchestrator.sqlanalysis.parse import split_statements
 
 from .helpers import bluegreen, cli_env, query, scalar, write_plan
 from .migrate_support import apply_like_popx, extra_database, hydra, migrations, with_testdata
+from .psql_support import apply_files
 
 ALLOW = "[changing-column-type, adding-field-with-default]"
 
@@ -67,15 +67,12 @@ def test_original_lock_safe_fast_and_rewritten_files_give_one_schema(dbs: Databa
             assert scalar(dsn, "SELECT count(*) FROM bluegreen.schema_versions") == 212
             assert catalog.diff(original, schema(dsn), ("original", mode)) == []
 
-        # bluegreen rewrite's files, run statement by statement (what they say to do)
+        # bluegreen rewrite's files, run as they say: with psql, as they are
         out = tmp_path / "rewritten"
         result = bluegreen(["rewrite", str(hydra() / "migrations"), "--out", str(out), "--allow",
                             "changing-column-type,adding-field-with-default"], cli_env(dbs))
         assert result.returncode == 0, result.stdout + result.stderr
-        with psycopg.connect(rewritten, autocommit=True) as conn:
-            for path in sorted(out.glob("*.up.sql")):
-                for statement in split_statements(path.read_text(encoding="utf-8"), str(path)):
-                    conn.execute(statement.text.encode())
+        apply_files(green, dbs.name + "_rw", sorted(out.glob("*.up.sql")))
         assert catalog.diff(original, schema(rewritten), ("original", "rewritten files")) == []
 
 

@@ -7,8 +7,9 @@ of the golden queries, arbitrary text and bytes, deep nesting, valid-but-odd SQL
 1,000 cases (``max_examples``), run in-process through typer's CliRunner, offline (``--schema``).
 
 Besides the exit code, each test checks what the command must never do: ``rewrite`` writes only under
-``--out``, writes nothing at all when it refuses a file, and copies a file it does not rewrite byte for
-byte; ``rewrite-queries`` prints (or, with ``--write``, leaves) an unchanged file byte for byte.
+``--out``, writes nothing at all when it refuses a file, copies a file with no statement byte for byte and
+starts every other with ``SET lock_timeout``; ``rewrite-queries`` prints (or, with ``--write``, leaves) an
+unchanged file byte for byte.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typer.testing import Result
 
 from orchestrator.cli import app
 from orchestrator.querycatalog import QueryCatalog
+from orchestrator.sqlanalysis.parse import BOM, split_statements
 
 SCHEMA = ROOT / "tests" / "data" / "queries" / "schema.sql"
 MIGRATIONS = migration_seeds()
@@ -138,9 +140,14 @@ def test_rewrite_never_crashes_nor_writes_outside_out(data: bytes, as_json: bool
             return
         assert written == {"out/001_good.sql", "out/002_in.sql"}, written
         if as_json:
-            counts = {Path(str(f["file"])).name: f["rewritten"] for f in _json(result)["files"]}  # type: ignore[attr-defined]
-            if counts["002_in.sql"] == 0:
-                assert (out / "002_in.sql").read_bytes() == data  # copied byte for byte
+            assert {Path(str(f["file"])).name for f in _json(result)["files"]} == {"001_good.sql", "002_in.sql"}  # type: ignore[attr-defined]
+        text = _decoded(data)
+        assert text is not None  # exit 0: it was read
+        if not split_statements(text):
+            assert (out / "002_in.sql").read_bytes() == data  # nothing to run: copied byte for byte
+        else:  # a file to run as it is, under lock_timeout
+            assert (out / "002_in.sql").read_text(encoding="utf-8").removeprefix(BOM).startswith(
+                "SET lock_timeout = '2s';")
 
 
 def test_rewrite_refuses_two_inputs_with_one_output_name(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from orchestrator.sqlanalysis.transactions import HEADER_NOTE
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "sql" / "examples" / "migrations"
 
@@ -82,10 +84,18 @@ def test_rewrite_writes_every_file_and_refuses_what_has_no_safe_form(tmp_path: P
     result = run("rewrite", str(EXAMPLES), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in EXAMPLES.iterdir())
-    assert (out / "001_accounts.sql").read_bytes() == (EXAMPLES / "001_accounts.sql").read_bytes()
+    # a file with nothing to rewrite: its bytes, in the one transaction migrate runs it in, under lock_timeout
+    assert (out / "001_accounts.sql").read_bytes() == (
+        f"SET lock_timeout = '2s';\n{HEADER_NOTE}\nBEGIN;\n".encode() + (EXAMPLES / "001_accounts.sql").read_bytes()
+        + b"COMMIT;\n")
     assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_account_status_idx" in \
            (out / "003_order_status_index.sql").read_text()
-    assert "7 statement(s) rewritten in 2 file(s)" in result.stdout
+    assert "7 statement(s) rewritten in 2 file(s), 5 transaction change(s) noted" in result.stdout
+    slower = run("rewrite", str(EXAMPLES), "--out", str(tmp_path / "slow"), "--lock-timeout", "1500ms")
+    assert slower.returncode == 0, slower.stderr
+    assert (tmp_path / "slow" / "003_order_status_index.sql").read_text().startswith("SET lock_timeout = '1500ms';\n")
+    bad = run("rewrite", str(EXAMPLES), "--out", str(tmp_path / "bad"), "--lock-timeout", "soon")
+    assert bad.returncode == 2 and "--lock-timeout: expected a duration" in bad.stderr
 
     src = tmp_path / "src"
     src.mkdir()
@@ -97,5 +107,8 @@ def test_rewrite_writes_every_file_and_refuses_what_has_no_safe_form(tmp_path: P
     assert not (tmp_path / "refused").exists()
     allowed = run("rewrite", str(src), "--out", str(tmp_path / "allowed"), "--allow", "changing-column-type")
     assert allowed.returncode == 0
-    assert (tmp_path / "allowed" / "001_type.sql").read_text() == \
-           "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (a);\nALTER TABLE t ALTER COLUMN a TYPE bigint;\n"
+    assert (tmp_path / "allowed" / "001_type.sql").read_text() == (
+        f"SET lock_timeout = '2s';\n{HEADER_NOTE}\n"
+        "-- bluegreen: CREATE INDEX CONCURRENTLY cannot run inside a transaction block: it runs outside the file's"
+        " transaction (atomicity changed)\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (a);\nALTER TABLE t ALTER COLUMN a TYPE bigint;\n")

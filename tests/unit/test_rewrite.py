@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from pglast import parse_sql
 
 from orchestrator.sqlanalysis import names
-from orchestrator.sqlanalysis.locksafe import Piece, RewriteError, Rewriter, check_rewrite, units
+from orchestrator.sqlanalysis.locksafe import Piece, RewriteError, Rewriter, check_rewrite
 from orchestrator.sqlanalysis.parse import split_statements
+from orchestrator.sqlanalysis.transactions import HEADER_NOTE, plan_file
+
+HEADER = f"SET lock_timeout = '2s';\n{HEADER_NOTE}\n"
 
 
 def rewritten(text: str) -> str:
-    return Rewriter().analyze_file(text, "m.sql").rewritten_text()
+    """The lock-safe statements of ``text``, one after the other (what each statement becomes)."""
+    return ";\n".join(p.sql for p in Rewriter().analyze_file(text, "m.sql").safe_pieces()) + ";"
+
+
+def rendered(text: str) -> str:
+    """The file ``bluegreen rewrite`` writes for ``text``, without its two header lines."""
+    out = plan_file(Rewriter().analyze_file(text, "m.sql")).render(timedelta(seconds=2))
+    assert out.startswith(HEADER)
+    return out[len(HEADER):]
 
 
 def groups(text: str) -> list[list[tuple[bool, str]]]:
-    """The file's lock-safe units: (transactional, first words) of each piece."""
-    pieces = Rewriter().analyze_file(text, "m.sql").safe_pieces()
-    return [[(p.transactional, p.sql) for p in unit] for unit in units(pieces)]
+    """The file's lock-safe units: (transactional, SQL) of each piece."""
+    units = plan_file(Rewriter().analyze_file(text, "m.sql")).units
+    return [[(p.transactional, p.sql) for p in unit.pieces] for unit in units]
 
 
 GOLDEN = [
@@ -65,33 +78,39 @@ def test_golden_rewrites(original: str, expected: str) -> None:
 def test_bytes_outside_rewritten_statements_are_kept() -> None:
     text = ("-- header comment, kept\n"
             "CREATE TABLE t (id int,   x  text);   /* odd   spacing kept */\n\n"
-            "create index t_x on t(x);\n"
+            "create index u_x on u(x);\n"
             "UPDATE t SET x = 'a;b' WHERE id = 1 ;\n"
             "-- trailing comment")
-    assert rewritten(text) == (
+    assert rendered(text) == (
         "-- header comment, kept\n"
         "CREATE TABLE t (id int,   x  text);   /* odd   spacing kept */\n\n"
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS t_x ON t (x);\n"
+        "-- bluegreen: CREATE INDEX CONCURRENTLY cannot run inside a transaction block: it runs outside the file's"
+        " transaction (atomicity changed)\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS u_x ON u (x);\n"
         "UPDATE t SET x = 'a;b' WHERE id = 1 ;\n"
         "-- trailing comment")
 
 
-def test_file_without_hazard_is_unchanged_byte_for_byte() -> None:
+def test_file_without_hazard_is_kept_byte_for_byte_in_its_transaction() -> None:
     text = "SELECT 1;\n  UPDATE t SET a = 1 ;-- c\n"
     analysis = Rewriter().analyze_file(text, "m.sql")
     assert analysis.hazards == []
-    assert analysis.rewritten_text() == text
+    assert rendered(text) == "BEGIN;\n" + text + "COMMIT;\n"  # one transaction, as migrate runs the file
 
 
 def test_primary_key_swap_builds_the_index_before_dropping_the_old_key() -> None:
     text = ("ALTER TABLE hydra_client DROP CONSTRAINT hydra_client_pkey;\n\n"
             "ALTER TABLE hydra_client ALTER COLUMN pk DROP NOT NULL;\n\n"
             "ALTER TABLE hydra_client ADD PRIMARY KEY (id, nid);\n")
-    assert rewritten(text) == (
+    assert rendered(text) == (
+        "-- bluegreen: the unique index is built first (CREATE INDEX CONCURRENTLY cannot run inside a transaction), so"
+        " the key change stays in one transaction: it runs outside the file's transaction (atomicity changed)\n"
         "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS hydra_client_pkey_bgnew ON hydra_client (id, nid);\n"
+        "BEGIN;\n"
         "ALTER TABLE hydra_client DROP CONSTRAINT hydra_client_pkey;\n\n"
         "ALTER TABLE hydra_client ALTER COLUMN pk DROP NOT NULL;\n\n"
-        "ALTER TABLE hydra_client ADD CONSTRAINT hydra_client_pkey PRIMARY KEY USING INDEX hydra_client_pkey_bgnew;\n")
+        "ALTER TABLE hydra_client ADD CONSTRAINT hydra_client_pkey PRIMARY KEY USING INDEX hydra_client_pkey_bgnew;\n"
+        "COMMIT;\n")
     # the drop of the old key and the new key commit together: the table never lacks a primary key
     assert [[t for t, _ in unit] for unit in groups(text)] == [[False], [True, True, True]]
 
@@ -149,7 +168,7 @@ def test_hazards_without_a_safe_form_are_refused_unless_allowed(text: str, rule:
     assert [(h.rule, h.line, h.column) for h in refused] == [(rule, 1, 1)]
     assert refused[0].reason
     assert analysis.refused([rule]) == []
-    assert analysis.rewritten_text() == text  # kept as written
+    assert rendered(text) == text  # kept as written
 
 
 @pytest.mark.parametrize("text", [
@@ -202,10 +221,12 @@ def test_cleanup_goes_before_validate_and_before_unique_builds() -> None:
     assert cleaned == [("VALIDATE", ["foreign_key"]), ("VALIDATE", ["not_null"]), ("CONCURRENTLY", ["unique"])]
 
 
-def test_output_splits_into_the_pieces() -> None:
+def test_output_splits_into_the_planned_pieces() -> None:
     text = "\n".join(g[0] for g in GOLDEN) + "\n"
-    analysis = Rewriter().analyze_file(text, "m.sql")
-    assert [s.text for s in split_statements(analysis.rewritten_text())] == [p.sql for p in analysis.safe_pieces()]
+    plan = plan_file(Rewriter().analyze_file(text, "m.sql"))
+    written = split_statements(plan.render(timedelta(seconds=2)))
+    control = {"SET lock_timeout = '2s'", "BEGIN", "COMMIT"}
+    assert [s.text for s in written if s.text not in control] == [p.sql for u in plan.units for p in u.pieces]
 
 
 @pytest.mark.parametrize(("got", "expected"), [

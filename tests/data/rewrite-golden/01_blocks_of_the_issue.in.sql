@@ -1,0 +1,12 @@
+BEGIN;
+CREATE INDEX orders_status_idx ON orders (status);
+ALTER TABLE orders ADD CONSTRAINT orders_account_fk FOREIGN KEY (account_id) REFERENCES accounts (id) NOT VALID;
+ALTER TABLE orders VALIDATE CONSTRAINT orders_account_fk;
+ALTER TABLE accounts DROP CONSTRAINT accounts_email_key;
+ALTER TABLE accounts ADD CONSTRAINT accounts_email_key UNIQUE (email, team);
+COMMIT;
+start transaction;
+ALTER TABLE orders ADD COLUMN note text;
+UPDATE orders SET note = '' WHERE note IS NULL;
+ALTER TABLE orders ALTER COLUMN note SET NOT NULL;
+commit;

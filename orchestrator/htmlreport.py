@@ -303,7 +303,9 @@ class _Page:
             return None
         phases = cut.get("phases_ms") or {}
         inside = sum(float(v) for k, v in phases.items() if k != "switches")
-        return {**cut, "phases": phases, "inside_budget_ms": round(inside, 1),
+        ordered = [(name, phases[name]) for name in [*PAUSE_PHASES, *sorted(set(phases) - set(PAUSE_PHASES))]
+                   if name in phases]
+        return {**cut, "phases": phases, "ordered": ordered, "inside_budget_ms": round(inside, 1),
                 "replayed_total": sum((cut.get("replayed") or {}).values())}
 
     # -- times ---------------------------------------------------------------------------------

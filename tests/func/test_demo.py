@@ -71,7 +71,7 @@ def test_demo_runs_the_whole_story_to_its_report(tmp_path: Path) -> None:
         png = os.environ.get("BLUEGREEN_REPORT_PNG")
         if png:
             seen.page.screenshot(path=str(ROOT / png), full_page=True,
-                                 clip={"x": 0, "y": 0, "width": 1400, "height": 2300})
+                                 clip={"x": 0, "y": 0, "width": 1400, "height": 2400})
 
 
 def test_demo_with_a_failing_check_rolls_back_to_blue(tmp_path: Path) -> None:

@@ -105,10 +105,17 @@ def _write_report(runner: Runner, report: RunReport, path: Path) -> None:
     if _is_page(path):
         if report.run_id is None:
             return  # a dry run journals nothing: there is no run to draw
+        import psycopg
+
         from . import htmlreport
 
-        htmlreport.write(runner.loaded, path, report.run_id)
-        ui.make_console(stderr=True).print(f"report page: {path.resolve()}", markup=False)
+        console = ui.make_console(stderr=True)
+        try:
+            htmlreport.write(runner.loaded, path, report.run_id)
+        except (BluegreenError, psycopg.Error, OSError) as exc:  # the run's own outcome must still show
+            ui.print_error(console, f"report page not written: {exc}")
+            return
+        console.print(f"report page: {path.resolve()}", markup=False)
         return
     data = secrets.redact_obj(report.to_dict())
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")

@@ -5,12 +5,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps install test test-unit lint demo schema clean hydra-data hydra-e2e
+.PHONY: deps install test test-unit lint demo schema clean hydra-data hydra-e2e report-png
 
-deps:  ## system packages: PostgreSQL 15 (blue), PgBouncer; pgbench ships with PostgreSQL
+deps:  ## system packages: PostgreSQL 15 (blue), PgBouncer, chromium and a font (the report page tests)
 	@pkgs=""; \
 	[ -x /usr/lib/postgresql/15/bin/initdb ] || pkgs="$$pkgs postgresql-15 postgresql-client-15"; \
 	[ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || pkgs="$$pkgs pgbouncer"; \
+	[ -x /usr/bin/chromium ] || pkgs="$$pkgs chromium"; \
+	[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || pkgs="$$pkgs fonts-dejavu-core"; \
 	if [ -n "$$pkgs" ]; then \
 	  echo "installing with apt-get:$$pkgs"; \
 	  $(SUDO) apt-get update -qq && \
@@ -39,8 +41,11 @@ lint: install
 	$(BIN)/ruff check orchestrator tests bench
 	$(BIN)/mypy orchestrator bench
 
-demo: install  ## local blue + green + PgBouncer + pgbench traffic, plans/demo.yaml end to end, the report
-	$(BIN)/bluegreen demo
+demo: install  ## local blue + green + PgBouncer + pgbench traffic, plans/demo.yaml end to end, the report and its page
+	$(BIN)/bluegreen demo --html bluegreen-demo.html
+
+report-png: install  ## docs/report.png: the demo's page as the browser test sees it
+	BLUEGREEN_REPORT_PNG=docs/report.png $(BIN)/python -m pytest tests/func/test_demo.py -k whole_story -q
 
 # Hydra v1.11.10 -> v2.3.0 end to end (plans/hydra.yaml). SCALE = access (and refresh) tokens generated.
 # `make hydra-e2e` (CI's small default also runs inside `make test`); `make hydra-e2e SCALE=1000000` writes

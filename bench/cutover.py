@@ -8,7 +8,12 @@ clients through PgBouncer, cuts over blue -> green mid-load, rolls back, and rep
     cutover: failed client transactions 0, aborted clients 0
 
 Targets (issue 6): median pause < 250 ms, max client stall < 1 s, 0 errors.
-Run: .venv/bin/python bench/cutover.py [--runs 5] [--seconds 6]
+With ``--sampler both`` the runs alternate with and without the run's sampler (orchestrator/sampler.py),
+which must not slow the pause, and it also prints:
+
+    cutover: pause median with the sampler X ms, without Y ms, ratio X/Y
+
+Run: .venv/bin/python bench/cutover.py [--runs 5] [--seconds 6] [--sampler on|off|both]
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=6, help="pgbench duration per run")
+    parser.add_argument("--sampler", choices=("on", "off", "both"), default="on",
+                        help="sample the runs' time series (both: alternate, and compare the pauses)")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bluegreen-bench-cutover-"))
     blue = LocalCluster("blue", debian_pg(15), base, PASSWORD)
@@ -73,11 +80,14 @@ def main() -> int:
         baseline = load(blue, bouncer, base / "load", args.seconds, "baseline").wait()
         results: list[PgbenchResult] = []
         pauses: list[float] = []
+        sampled: list[bool] = []
         for run in range(args.runs):
+            sample = args.sampler == "on" or (args.sampler == "both" and run % 2 == 0)
+            sampled.append(sample)
             runner = Runner(load_plan(plan_path, env))
             bench = load(blue, bouncer, base / "load", args.seconds, f"run{run}")
             time.sleep(args.seconds / 3)
-            report = runner.run(RunOptions(restart=True))
+            report = runner.run(RunOptions(restart=True, sample=sample))
             results.append(bench.wait())
             if report.status != "done":
                 print(f"cutover: run {run} ended {report.status}: {report.error}", file=sys.stderr)
@@ -86,7 +96,7 @@ def main() -> int:
                 row = conn.execute("SELECT (value->>'pause_ms')::float FROM bluegreen.run_state"
                                    " WHERE key = 'cutover:cutover' ORDER BY run_id DESC LIMIT 1").fetchone()
             pauses.append(float(row[0]) if row else float("nan"))
-            Runner(load_plan(plan_path, env)).rollback()  # traffic back to blue for the next run
+            Runner(load_plan(plan_path, env)).rollback(sample=sample)  # traffic back to blue for the next run
         stalls = [r.latency_max_ms or float("nan") for r in results]
         base_stall = baseline.latency_max_ms or float("nan")
         failed = sum(r.failed for r in results)
@@ -96,6 +106,12 @@ def main() -> int:
         print(f"cutover: client max stall median {statistics.median(stalls):.0f} ms, max {max(stalls):.0f} ms"
               f" (baseline, no cutover: {base_stall:.0f} ms), ratio {statistics.median(stalls) / base_stall:.1f}")
         print(f"cutover: failed client transactions {failed}, aborted clients {aborted}")
+        if args.sampler == "both":
+            on = [p for p, s in zip(pauses, sampled, strict=True) if s]
+            off = [p for p, s in zip(pauses, sampled, strict=True) if not s]
+            if on and off:
+                print(f"cutover: pause median with the sampler {statistics.median(on):.0f} ms, without"
+                      f" {statistics.median(off):.0f} ms, ratio {statistics.median(on) / statistics.median(off):.2f}")
         ok = statistics.median(pauses) < 250 and max(stalls) < 1000 and failed == 0 and aborted == 0
         print(f"cutover: targets (median pause < 250 ms, max stall < 1 s, 0 errors): {'met' if ok else 'NOT met'}")
         return 0 if ok else 1

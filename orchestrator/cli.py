@@ -22,7 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 PlanArg = Annotated[Path, typer.Argument(help="the plan file (YAML)", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")]
-ReportOpt = Annotated[Path | None, typer.Option("--report", help="also write the report as JSON to FILE")]
+ReportOpt = Annotated[Path | None, typer.Option(
+    "--report", help="also write the report to FILE: a page if it ends in .html, else JSON")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log debug details")]
 
 T = TypeVar("T")
@@ -48,8 +49,8 @@ def guard(as_json: bool, fn: Callable[[], T], runner: Runner | None = None,
         return fn()
     except (BluegreenError, KeyboardInterrupt) as exc:
         report = runner.last_report if runner is not None else None
-        if report is not None and report_file is not None:
-            _write_report(report, report_file)
+        if report is not None and report_file is not None and runner is not None:
+            _write_report(runner, report, report_file)
         message = "interrupted; run the same plan again to resume" if isinstance(exc, KeyboardInterrupt) \
             else str(exc)
         if as_json:
@@ -81,11 +82,11 @@ def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler], force=True)
 
 
-def _emit_report(report: RunReport, as_json: bool, report_file: Path | None,
-                 extra: dict[str, Any] | None = None) -> None:
+def _emit_report(report: RunReport, as_json: bool, report_file: Path | None = None,
+                 extra: dict[str, Any] | None = None, runner: Runner | None = None) -> None:
     data = secrets.redact_obj({**report.to_dict(), **(extra or {})})
-    if report_file is not None:
-        _write_report(report, report_file)
+    if report_file is not None and runner is not None:
+        _write_report(runner, report, report_file)
     if as_json:
         ui.print_json({"ok": report.status in ("done", "rendered", "rolled_back"), **data})
     else:
@@ -95,7 +96,27 @@ def _emit_report(report: RunReport, as_json: bool, report_file: Path | None,
         ui.print_report(console, report)
 
 
-def _write_report(report: RunReport, path: Path) -> None:
+def _is_page(path: Path) -> bool:
+    return path.suffix.lower() in (".html", ".htm")
+
+
+def _write_report(runner: Runner, report: RunReport, path: Path) -> None:
+    """The report as JSON, or as the run's page (``.html``: drawn from the journal, which has its time series)."""
+    if _is_page(path):
+        if report.run_id is None:
+            return  # a dry run journals nothing: there is no run to draw
+        import psycopg
+
+        from . import htmlreport
+
+        console = ui.make_console(stderr=True)
+        try:
+            htmlreport.write(runner.loaded, path, report.run_id)
+        except (BluegreenError, psycopg.Error, OSError) as exc:  # the run's own outcome must still show
+            ui.print_error(console, f"report page not written: {exc}")
+            return
+        console.print(f"report page: {path.resolve()}", markup=False)
+        return
     data = secrets.redact_obj(report.to_dict())
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
@@ -112,7 +133,7 @@ def run(plan: PlanArg,
     runner = guard(as_json, lambda: Runner(load_plan(plan), ui.RichReporter(ui.make_console(stderr=True))))
     options = RunOptions(dry_run=dry_run, offline=offline, restart=restart)
     report = guard(as_json, lambda: runner.run(options), runner, report_file)
-    _emit_report(report, as_json, report_file)
+    _emit_report(report, as_json, report_file, runner=runner)
 
 
 @app.command()
@@ -143,7 +164,29 @@ def rollback(plan: PlanArg, as_json: JsonOpt = False, report_file: ReportOpt = N
     _logging(verbose)
     runner = guard(as_json, lambda: Runner(load_plan(plan), ui.RichReporter(ui.make_console(stderr=True))))
     report = guard(as_json, runner.rollback, runner, report_file)
-    _emit_report(report, as_json, report_file)
+    _emit_report(report, as_json, report_file, runner=runner)
+
+
+@app.command()
+def report(plan: PlanArg,
+           html: Annotated[Path | None, typer.Option("--html", help="write the run's page to FILE")] = None,
+           run_id: Annotated[int | None, typer.Option("--run", help="which run (default: the latest)")] = None,
+           as_json: JsonOpt = False) -> None:
+    """The report of a run from the journal, during the run or after it: a page (--html) or JSON."""
+    from . import htmlreport
+
+    loaded = guard(as_json, lambda: load_plan(plan))
+    data = guard(as_json, lambda: htmlreport.load(loaded, run_id))
+    if html is not None:
+        guard(as_json, lambda: html.write_text(htmlreport.render(data), encoding="utf-8"))
+    if as_json:
+        ui.print_json({"ok": True, "run_id": data.run.run_id, "status": data.run.status,
+                       "page": str(html.resolve()) if html else None, "report": data.report})
+    elif html is not None:
+        ui.make_console().print(f"report page: {html.resolve()} (run {data.run.run_id}, {data.run.status},"
+                                f" {html.stat().st_size / 1e6:.1f} MB)", markup=False)
+    else:
+        ui.print_report(ui.make_console(), RunReport.from_dict(data.report))
 
 
 @app.command()
@@ -178,6 +221,8 @@ def demo(keep: Annotated[bool, typer.Option("--keep", help="leave the servers an
          duration: Annotated[int, typer.Option(help="seconds of pgbench traffic at least")] = 10,
          fail_validation: Annotated[bool, typer.Option(
              "--fail-validation", help="make a validation check fail, to show a rollback")] = False,
+         html: Annotated[Path | None, typer.Option("--html", help="write the run's page there")] = Path(
+             "bluegreen-demo.html"),
          as_json: JsonOpt = False) -> None:
     """Start local blue (PG 15), green (PG 18), PgBouncer and traffic; run plans/demo.yaml; print the report."""
     from .demo import run_demo
@@ -185,16 +230,25 @@ def demo(keep: Annotated[bool, typer.Option("--keep", help="leave the servers an
     console = ui.make_console(stderr=True)
     result = guard(as_json, lambda: run_demo(ui.RichReporter(console), console_note=console.print,
                                               keep=keep, traffic_seconds=duration,
-                                              fail_validation=fail_validation))
-    traffic = asdict(result.traffic) if result.traffic is not None else None
-    if traffic is not None:
-        traffic.pop("stdout", None)
-        traffic.pop("stderr", None)
-    _emit_report(result.report, as_json, None, {"traffic": traffic})
+                                              fail_validation=fail_validation, page=html))
+    _emit_report(result.report, as_json, None, {"traffic": traffic_summary(result.traffic),
+                                                "page": str(result.page) if result.page else None})
     if not as_json:
         ui.make_console().print(result.summary)
+        if result.page is not None:
+            ui.make_console().print(f"report page: {result.page}", markup=False)
     if result.exit_code:
         raise typer.Exit(result.exit_code)
+
+
+def traffic_summary(traffic: Any) -> dict[str, Any] | None:
+    """A pgbench result for the JSON output: its numbers, not its output files or per-second series."""
+    if traffic is None:
+        return None
+    data = asdict(traffic)
+    for key in ("stdout", "stderr", "per_second"):
+        data.pop(key, None)
+    return data
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from . import secrets
 from .errors import BluegreenError, LocalEnvError
 from .localenv import LocalCluster, LocalPgBouncer, Pgbench, PgbenchResult, debian_pg, embedded_pg
-from .plan import load_plan
+from .plan import LoadedPlan, load_plan
 from .report import RunReport
 from .reporter import Reporter
 from .runner import Runner, RunOptions
@@ -42,6 +42,7 @@ class DemoResult:
     exit_code: int
     # what the scenario's side traffic recorded (hydra: consent revocations), for the caller and the tests
     extra: dict[str, Any] = field(default_factory=dict)
+    page: Path | None = None  # the run's HTML report, when asked for
 
 
 def demo_plan_path() -> Path:
@@ -124,19 +125,21 @@ class DemoScenario:
 
 
 def run_demo(reporter: Reporter, console_note: Callable[[str], object], keep: bool = False,
-             traffic_seconds: int = 10, fail_validation: bool = False) -> DemoResult:
+             traffic_seconds: int = 10, fail_validation: bool = False, page: Path | None = None) -> DemoResult:
     """Start the local servers, run the demo plan under traffic, stop everything.
 
     :param traffic_seconds: pgbench runs at least this long, and until the plan has finished.
+    :param page: write the run's HTML report there (with the clients' latency and tps per second).
     :raises LocalEnvError: a server or a binary is missing (the message says what to install).
     """
-    return run_scenario(DemoScenario(fail_validation), reporter, console_note, keep, traffic_seconds)
+    return run_scenario(DemoScenario(fail_validation), reporter, console_note, keep, traffic_seconds, page)
 
 
 def run_scenario(scenario: Scenario, reporter: Reporter, console_note: Callable[[str], object], keep: bool = False,
-                 traffic_seconds: int = 10) -> DemoResult:
+                 traffic_seconds: int = 10, page: Path | None = None) -> DemoResult:
     """Start blue (PG 15), green (PG 18) and PgBouncer, load blue, run the scenario's plan under pgbench traffic
-    through PgBouncer (and its side traffic), stop everything (unless ``keep``)."""
+    through PgBouncer (and its side traffic), stop everything (unless ``keep``); with ``page``, write the run's
+    HTML report there first, the clients' per-second series included."""
     password = "pw-" + pysecrets.token_urlsafe(12)
     secrets.register(password)
     note = console_note
@@ -188,11 +191,26 @@ def run_scenario(scenario: Scenario, reporter: Reporter, console_note: Callable[
         result = traffic.finish()
         extra.update(scenario.after_run(servers))
         summary = _summary(result, base if keep else None)
+        written = _page(loaded, report, result, page) if page is not None else None
         if error is not None:
             summary = f"{summary}\nthe run failed: {secrets.redact(str(error))}"
-            return DemoResult(report, result, summary, error.exit_code, extra)
-        return DemoResult(report, result, summary, 0 if result is not None and result.ok else 1, extra)
+            return DemoResult(report, result, summary, error.exit_code, extra, written)
+        return DemoResult(report, result, summary, 0 if result is not None and result.ok else 1, extra, written)
     raise LocalEnvError("unreachable")  # pragma: no cover (ExitStack does not swallow)
+
+
+def _page(loaded: LoadedPlan, report: RunReport, traffic: PgbenchResult | None, path: Path) -> Path | None:
+    """The run's page, with the client side: pgbench's per-second series and totals kept in the journal first."""
+    if report.run_id is None:
+        return None
+    from . import htmlreport
+
+    if traffic is not None:
+        htmlreport.record_client(loaded, report.run_id, traffic.per_second, {
+            "transactions": traffic.transactions, "failed": traffic.failed,
+            "aborted_clients": traffic.aborted_clients, "tps": round(traffic.tps, 1),
+            "latency_max_ms": traffic.latency_max_ms})
+    return htmlreport.write(loaded, path, report.run_id).resolve()
 
 
 class _Traffic:
@@ -248,7 +266,21 @@ class _Traffic:
             latency_max_ms=max(maxima) if maxima else None,
             stdout="".join(r.stdout for r in self.results[-1:]),
             stderr="".join(r.stderr for r in self.results),
+            per_second=_merge_seconds(r.per_second for r in self.results),
         )
+
+
+def _merge_seconds(rounds: Iterable[list[list[float]]]) -> list[list[float]]:
+    """The rounds' per-second aggregates as one series (a second two rounds share is added up)."""
+    merged: dict[float, list[float]] = {}
+    for per_second in rounds:
+        for second, count, latency_sum, latency_max, failed in per_second:
+            into = merged.setdefault(second, [0, 0.0, 0.0, 0])
+            into[0] += count
+            into[1] += latency_sum
+            into[2] = max(into[2], latency_max)
+            into[3] += failed
+    return [[second, *values] for second, values in sorted(merged.items())]
 
 
 def _summary(result: PgbenchResult | None, kept: Path | None) -> str:

@@ -40,6 +40,7 @@ class RunRecord:
     finished_at: datetime | None
     error: str | None
     report: dict[str, Any] | None
+    updated_at: datetime | None = None
 
 
 class Journal:
@@ -95,8 +96,8 @@ class Journal:
     def _runs(self, where: str, params: tuple[Any, ...]) -> list[RunRecord]:
         with self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
-                "SELECT run_id, plan_name, plan_sha256, status, attempt, started_at, finished_at, error, report"
-                f" FROM bluegreen.runs WHERE {where} ORDER BY run_id DESC", params)
+                "SELECT run_id, plan_name, plan_sha256, status, attempt, started_at, finished_at, error, report,"
+                f" updated_at FROM bluegreen.runs WHERE {where} ORDER BY run_id DESC", params)
             return [RunRecord(**row) for row in cur.fetchall()]
 
     def unfinished(self, plan_name: str) -> RunRecord | None:
@@ -114,6 +115,11 @@ class Journal:
 
     def latest(self, plan_name: str) -> RunRecord | None:
         runs = self._runs("plan_name = %s", (plan_name,))
+        return runs[0] if runs else None
+
+    def run_of(self, plan_name: str, run_id: int) -> RunRecord | None:
+        """Run ``run_id`` if it is one of ``plan_name``'s."""
+        runs = self._runs("run_id = %s AND plan_name = %s", (run_id, plan_name))
         return runs[0] if runs else None
 
     def get(self, run_id: int) -> RunRecord:
@@ -211,3 +217,51 @@ class Journal:
             cur.execute("SELECT event_id, step_id, phase, action_id, status, at, detail"
                         " FROM bluegreen.step_events WHERE run_id = %s ORDER BY event_id", (run_id,))
             return list(cur.fetchall())
+
+    # -- time series (orchestrator/sampler.py) -----------------------------------------------------
+
+    def add_samples(self, run_id: int, data: dict[str, Any], *, thinned: bool = False) -> None:
+        """Append one batch of ticks (``orchestrator/timeseries.py``'s format); strings are redacted first."""
+        times = [float(x) for x in data.get("t") or []] + [float(m[0]) for m in data.get("m") or []]
+        if not times:
+            return
+        self.conn.execute(
+            "INSERT INTO bluegreen.samples (run_id, t0, t1, ticks, thinned, data)"
+            " VALUES (%s, %s, %s, %s, %s, %s::jsonb)",
+            (run_id, min(times), max(times), len(data.get("t") or []), thinned,
+             json.dumps(secrets.redact_obj(data), separators=(",", ":"))))
+
+    def samples(self, run_id: int) -> list[dict[str, Any]]:
+        """Every batch of the run, oldest first (empty on a journal from before the table existed)."""
+        row = self.conn.execute("SELECT to_regclass('bluegreen.samples') IS NOT NULL").fetchone()
+        if not row or not row[0]:
+            return []
+        rows = self.conn.execute("SELECT data FROM bluegreen.samples WHERE run_id = %s ORDER BY t0, batch_id",
+                                 (run_id,)).fetchall()
+        return [r[0] for r in rows]
+
+    def thin_samples(self, run_id: int, before: float, resolution: float, window: float = 600.0) -> int:
+        """Merge the full-resolution batches of each ``window`` seconds wholly before ``before`` into one thinned
+        batch, one tick per ``resolution`` seconds (:func:`timeseries.thin`); returns the batches replaced."""
+        from . import timeseries
+
+        rows = self.conn.execute(
+            "SELECT batch_id, t0, data FROM bluegreen.samples WHERE run_id = %s AND NOT thinned AND t1 < %s"
+            " ORDER BY t0, batch_id", (run_id, before)).fetchall()
+        groups: list[list[tuple[int, float, dict[str, Any]]]] = []
+        for batch_id, t0, data in rows:
+            if not groups or t0 - groups[-1][0][1] >= window:
+                groups.append([])
+            groups[-1].append((int(batch_id), float(t0), data))
+        replaced = 0
+        for group in groups:
+            if group[0][1] + window > before:  # the window is not over yet: thin it whole, later
+                continue
+            merged = timeseries.thin(timeseries.decode_all(d for _, _, d in group), resolution)
+            with self.conn.transaction():
+                self.conn.execute("DELETE FROM bluegreen.samples WHERE run_id = %s AND batch_id = ANY(%s)",
+                                  (run_id, [b for b, _, _ in group]))
+                self.add_samples(run_id, timeseries.encode(merged), thinned=True)
+            replaced += len(group)
+        return replaced
+

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -1003,6 +1003,9 @@ class PgbenchResult:
     stdout: str
     stderr: str
     latency_p99_ms: float | None = None
+    # per second of the clients' clock, from the per-transaction logs: [epoch second, transactions,
+    # summed latency ms, max latency ms, failed] (the page's client-side series)
+    per_second: list[list[float]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -1194,23 +1197,36 @@ class Pgbench:
             handle.close()
         self._files = []
 
-    def _latencies_us(self) -> list[int]:
-        """Return the latency (µs) of every completed transaction in the per-transaction logs."""
+    def _read_logs(self) -> tuple[list[int], list[list[float]]]:
+        """Return the latency (µs) of every completed transaction in the per-transaction logs, and the
+        per-second aggregates of :attr:`PgbenchResult.per_second`."""
         latencies: list[int] = []
+        seconds: dict[int, list[float]] = {}
         for path in sorted(self.workdir.glob(f"{self.log_prefix.name}.*")):
             with path.open(encoding="ascii", errors="replace") as handle:
                 for line in handle:
                     fields = line.split()
                     # client_id transaction_no time script_no time_epoch time_us [...]; time is
                     # "failed" or "skipped" for transactions that did not complete.
-                    if len(fields) >= 3 and fields[2].isdigit():
-                        latencies.append(int(fields[2]))
-        return latencies
+                    if len(fields) < 6 or not fields[4].isdigit():
+                        continue
+                    bucket = seconds.setdefault(int(fields[4]), [0, 0.0, 0.0, 0])
+                    if fields[2].isdigit():
+                        latency = int(fields[2])
+                        latencies.append(latency)
+                        bucket[0] += 1
+                        bucket[1] += latency / 1000.0
+                        bucket[2] = max(bucket[2], latency / 1000.0)
+                    elif fields[2] == "failed":
+                        bucket[3] += 1
+        per_second = [[float(sec), *values] for sec, values in sorted(seconds.items())]
+        return latencies, per_second
 
     def _parse(self, returncode: int) -> PgbenchResult:
         stdout = self.stdout_path.read_text(encoding="utf-8", errors="replace")
         stderr = self.stderr_path.read_text(encoding="utf-8", errors="replace")
-        latencies = sorted(self._latencies_us()) if self.latency_log else []
+        latencies, per_second = self._read_logs() if self.latency_log else ([], [])
+        latencies.sort()
 
         def number(pattern: re.Pattern[str]) -> str | None:
             found = pattern.search(stdout)
@@ -1234,4 +1250,5 @@ class Pgbench:
             stdout=stdout,
             stderr=stderr,
             latency_p99_ms=p99,
+            per_second=per_second,
         )

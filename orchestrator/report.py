@@ -8,7 +8,7 @@ writes (a few rows per action on the control cluster) are included, as in the ar
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import psycopg
@@ -33,6 +33,7 @@ class StepReport:
     stats: Stats = field(default_factory=dict)
     checks: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)  # what it left behind (orchestrator/facts.py)
 
 
 @dataclass
@@ -62,9 +63,19 @@ class RunReport:
                     bucket[name] = bucket.get(name, 0) + value
         return total
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunReport:
+        """A report as :meth:`to_dict` wrote it (the journal's ``runs.report``)."""
+        names = {f.name for f in fields(StepReport)}
+        steps = [StepReport(**{k: v for k, v in s.items() if k in names}) for s in data.get("steps") or []]
+        return cls(str(data.get("plan", "")), str(data.get("mode", "run")), data.get("run_id"),
+                   str(data.get("status", "")), bool(data.get("resumed")), float(data.get("seconds") or 0.0),
+                   steps, list(data.get("rendered") or []), list(data.get("rollback") or []), data.get("error"))
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["totals"] = self.totals()
+        data["failed_step"] = next((s.id for s in self.steps if s.error), None)
         return data
 
 

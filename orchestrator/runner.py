@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import secrets
+from . import facts, secrets
 from .actions import Action, ActionResult, SqlAction
 from .db import Executor, LiveExecutor, SqlEmitter, connect, readonly
 from .errors import (
@@ -37,6 +37,7 @@ from .logical import GuardedSlot, WalGuard, capture_name
 from .plan import LoadedPlan
 from .report import RunReport, StatsReader, StepReport, delta
 from .reporter import Reporter
+from .sampler import Sampler, SamplingReporter
 from .steps import Step, StepContext, build_step
 from .steps.base import PreflightContext
 
@@ -48,6 +49,7 @@ class RunOptions:
     dry_run: bool = False
     offline: bool = False
     restart: bool = False
+    sample: bool = True  # the time series of the run into the journal (orchestrator/sampler.py)
 
 
 class Runner:
@@ -92,13 +94,13 @@ class Runner:
             record, resumed = journal.begin(self.plan.name, self.loaded.sha256, options.restart)
             if abandoned is not None:  # what only a running plan needs (replication slots) goes with it
                 _Execution(self, journal, abandoned.run_id, True, mode="abort").finish_steps()
-            execution = _Execution(self, journal, record.run_id, resumed)
+            execution = _Execution(self, journal, record.run_id, resumed, sample=options.sample)
             self.last_report = execution.report
             return execution.run()
         finally:
             journal.close()
 
-    def rollback(self) -> RunReport:
+    def rollback(self, sample: bool = True) -> RunReport:
         """Undo the latest run's completed steps in reverse order (``bluegreen rollback``)."""
         self._preflight()
         journal = Journal.open(self.dsns[self.plan.control], self.plan.control, self.plan.name)
@@ -110,7 +112,7 @@ class Runner:
             if latest is None or latest.status in ("rolled_back", "abandoned"):
                 raise NothingToRollBack(f"plan {self.plan.name!r} has no run to roll back"
                                         + (f" (run {latest.run_id} is {latest.status})" if latest else ""))
-            execution = _Execution(self, journal, latest.run_id, True, mode="rollback")
+            execution = _Execution(self, journal, latest.run_id, True, mode="rollback", sample=sample)
             self.last_report = execution.report
             return execution.rollback_only()
         finally:
@@ -277,11 +279,17 @@ class Runner:
 class _Execution:
     """One live attempt at a run: owns the executor, the stats reader and the report."""
 
-    def __init__(self, runner: Runner, journal: Journal, run_id: int, resumed: bool, mode: str = "run") -> None:
+    def __init__(self, runner: Runner, journal: Journal, run_id: int, resumed: bool, mode: str = "run",
+                 sample: bool = True) -> None:
         self.runner = runner
         self.journal = journal
         self.run_id = run_id
+        self.sampler: Sampler | None = None
+        self._phases: dict[str, str] = {}
         self.reporter = runner.reporter
+        if sample:
+            self.sampler = Sampler(runner.loaded, runner.dsns, runner.plan.control, run_id)
+            self.reporter = SamplingReporter(runner.reporter, self.sampler)
         env = {"BLUEGREEN_BLUE_DSN": runner.dsns["blue"], "BLUEGREEN_GREEN_DSN": runner.dsns["green"],
                "BLUEGREEN_RUN_ID": str(run_id), "BLUEGREEN_PLAN": runner.plan.name}
         self.executor: Executor = LiveExecutor(runner.dsns, env)
@@ -297,7 +305,7 @@ class _Execution:
         return StepContext(self.runner.loaded, self.run_id, True, run_actions,
                            lambda target: readonly(self.runner.dsns[target], target),
                            dsns=dict(self.runner.dsns),
-                           put=lambda key, value: self.journal.put_state(self.run_id, key, value),
+                           put=lambda key, value: self._put(step, key, value),
                            get=lambda key: self.journal.get_state(self.run_id, key),
                            reporter=self.reporter, step_id=step.id)
 
@@ -309,7 +317,24 @@ class _Execution:
                  for spec in self.runner.plan.steps if isinstance(spec, CaptureSpec) and spec.method == "logical"]
         return WalGuard(self.runner.dsns, slots, on_drop=self.reporter.note)
 
+    def _put(self, step: Step[Any], key: str, value: Any) -> None:
+        """Keep a step's run state; a change of its ``phase`` is also a mark on the run's timeline."""
+        self.journal.put_state(self.run_id, key, value)
+        phase = value.get("phase") if isinstance(value, dict) else None
+        if self.sampler is not None and isinstance(phase, str) and self._phases.get(key) != phase:
+            self._phases[key] = phase
+            self.sampler.mark("phase", step.id, phase)
+
     def run(self) -> RunReport:
+        if self.sampler is not None:
+            self.sampler.start()
+        try:
+            return self._run()
+        finally:
+            if self.sampler is not None:
+                self.sampler.stop()
+
+    def _run(self) -> RunReport:
         self.reporter.run_started(self.runner.plan.name, self.run_id, "run", self.report.resumed)
         states = self.journal.step_states(self.run_id)
         stats = StatsReader(self.runner.dsns)
@@ -363,6 +388,8 @@ class _Execution:
         sr.seconds = float(detail.get("seconds", 0.0))
         sr.actions_run = int(detail.get("actions_run", 0))
         sr.stats = detail.get("stats", {})
+        sr.checks = detail.get("checks", [])
+        sr.facts = detail.get("facts", {})
 
     def _run_step(self, step: Step[Any], stats: StatsReader) -> None:
         sr = self.report.step(step.id)
@@ -373,6 +400,7 @@ class _Execution:
         try:
             step.apply(self._ctx(step, "apply"))
         except BaseException as exc:
+            sr.facts = facts.collect(step, self._ctx(step, "apply"))
             self.journal.record(self.run_id, step.id, "apply", "failed", detail={"error": str(exc)})
             self.reporter.step_finished(step.id, "apply", False, secrets.redact(str(exc)))
             raise self._step_error(step, "apply", exc) from exc
@@ -386,6 +414,7 @@ class _Execution:
             self.journal.record(self.run_id, step.id, "verify", "failed", detail={"error": str(exc)})
             raise self._step_error(step, "verify", exc) from exc
         sr.checks = [{"name": c.name, "ok": c.ok, "detail": secrets.redact(c.detail)} for c in checks]
+        sr.facts = facts.collect(step, self._ctx(step, "verify"))
         failed = [c for c in checks if not c.ok]
         self.reporter.step_finished(step.id, "verify", not failed,
                                     "; ".join(f"{c.name}: {c.detail}" for c in failed))
@@ -398,7 +427,7 @@ class _Execution:
         sr.status = "done"
         self.journal.record(self.run_id, step.id, "verify", "done",
                             detail={"seconds": sr.seconds, "actions_run": sr.actions_run, "stats": sr.stats,
-                                    "checks": sr.checks})
+                                    "checks": sr.checks, "facts": sr.facts})
 
     def runner_backends_flush(self, stats: StatsReader) -> None:
         """Close the executor's connections and wait for their backends to flush their stats."""
@@ -476,6 +505,15 @@ class _Execution:
             exc.rolled_back = True
 
     def rollback_only(self) -> RunReport:
+        if self.sampler is not None:
+            self.sampler.start()
+        try:
+            return self._rollback_only()
+        finally:
+            if self.sampler is not None:
+                self.sampler.stop()
+
+    def _rollback_only(self) -> RunReport:
         self.reporter.run_started(self.runner.plan.name, self.run_id, "rollback", True)
         try:
             self._rollback_steps()
@@ -512,6 +550,7 @@ class _Execution:
                 raise RollbackFailed(f"rolling back step {step.id!r} failed: {secrets.redact(str(exc))};"
                                      " fix the cause and run 'bluegreen rollback' again") from exc
             self.journal.record(self.run_id, step.id, "rollback", "done", detail={"undone": undone})
+            self.report.step(step.id).facts.update(facts.collect(step, self._ctx(step, "rollback")))
             if undone:
                 self.report.step(step.id).status = "rolled_back"
                 self.report.rollback.append(step.id)

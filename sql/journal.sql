@@ -43,3 +43,18 @@ CREATE TABLE IF NOT EXISTS bluegreen.run_state (
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (run_id, key)
 );
+
+-- Time series of a run (orchestrator/sampler.py; the format is orchestrator/timeseries.py's): one row per
+-- batch of ticks sampled about once a second and written every few seconds, each batch self-contained.
+-- Batches older than an hour are merged and thinned to one tick per 10 s, so a 3-hour run keeps 1 to
+-- 1.5 MB here (bench/report.py). What `bluegreen report --html` and `run --report x.html` draw, with the steps' events.
+CREATE TABLE IF NOT EXISTS bluegreen.samples (
+    run_id   bigint NOT NULL REFERENCES bluegreen.runs,
+    batch_id bigint GENERATED ALWAYS AS IDENTITY,
+    t0       double precision NOT NULL,   -- epoch seconds of the batch's first tick (or mark)
+    t1       double precision NOT NULL,   -- and of its last
+    ticks    integer NOT NULL,
+    thinned  boolean NOT NULL DEFAULT false,
+    data     jsonb NOT NULL,              -- {"t": [...], "s": {series: [[tick, value], ...]}, "m": [...]}
+    PRIMARY KEY (run_id, batch_id)
+);

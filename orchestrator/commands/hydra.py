@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +11,7 @@ import psycopg
 import typer
 
 from .. import secrets, ui
-from ..cli import JsonOpt, _emit_report, app, guard
+from ..cli import JsonOpt, _emit_report, app, guard, traffic_summary
 from ..errors import BluegreenError, UsageError
 
 ScaleOpt = Annotated[int, typer.Option("--scale", help="access tokens (and as many refresh tokens) to generate")]
@@ -66,6 +65,7 @@ def hydra_e2e(scale: ScaleOpt = 20_000,
                   "--fail-validation", help="make a validation check fail, to show a rollback")] = False,
               markdown: Annotated[Path | None, typer.Option(
                   "--markdown", help="write the run's report as Markdown (docs/hydra-report.md)")] = None,
+              html: Annotated[Path | None, typer.Option("--html", help="write the run's page there")] = None,
               as_json: JsonOpt = False) -> None:
     """Hydra v1.11.10 (PG 15) -> v2.3.0 (PG 18) on local servers under 1.x token traffic: plans/hydra.yaml."""
     from ..demo import run_scenario
@@ -75,17 +75,16 @@ def hydra_e2e(scale: ScaleOpt = 20_000,
     console = ui.make_console(stderr=True)
     scenario = HydraScenario(guard(as_json, lambda: _scale(scale)), fail_validation=fail_validation)
     result = guard(as_json, lambda: run_scenario(scenario, ui.RichReporter(console), console_note=console.print,
-                                                 keep=keep, traffic_seconds=duration))
-    traffic = asdict(result.traffic) if result.traffic is not None else None
-    if traffic is not None:
-        traffic.pop("stdout", None)
-        traffic.pop("stderr", None)
-    extra = {"traffic": traffic, "hydra": result.extra}
+                                                 keep=keep, traffic_seconds=duration, page=html))
+    extra = {"traffic": traffic_summary(result.traffic), "hydra": result.extra,
+             "page": str(result.page) if result.page else None}
     if markdown is not None:
         data = secrets.redact_obj({**result.report.to_dict(), **extra})
         markdown.write_text(render(data, scale), encoding="utf-8")
     _emit_report(result.report, as_json, None, extra)
     if not as_json:
         ui.make_console().print(result.summary, markup=False)
+        if result.page is not None:
+            ui.make_console().print(f"report page: {result.page}", markup=False)
     if result.exit_code:
         raise typer.Exit(result.exit_code)

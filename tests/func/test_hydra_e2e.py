@@ -3,7 +3,9 @@ with its testdata, a generated population and 5 injected bad rows, under Hydra 1
 PgBouncer before and after the cutover, plus consent revocations on blue until its fence.
 
 Asserted: the run is done; 0 failed client transactions; every revocation made on blue (the traffic's own log,
-written in the revoking transaction) is effective on green; the quarantine holds exactly the injected rows.
+written in the revoking transaction) is effective on green; the quarantine holds exactly the injected rows; the
+run's page, in a real browser, shows its JSON report's numbers (pause, rows copied, events replayed, rows
+quarantined) and the clients' series.
 SCALE comes from ``$HYDRA_E2E_SCALE`` (`make hydra-e2e SCALE=n`); the default is small enough for CI.
 """
 
@@ -13,10 +15,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .browser import opened
 from .helpers import ROOT
 from .migrate_support import hydra
 
@@ -40,8 +44,9 @@ def _e2e(*args: str) -> tuple[int, dict[str, Any], str]:
 
 
 @pytest.mark.timeout(TIMEOUT)
-def test_hydra_1_11_10_to_2_3_0_under_traffic_loses_no_revocation() -> None:
-    code, payload, output = _e2e()
+def test_hydra_1_11_10_to_2_3_0_under_traffic_loses_no_revocation(tmp_path: Path) -> None:
+    page = tmp_path / "hydra.html"
+    code, payload, output = _e2e("--html", str(page))
     assert code == 0, output[-4000:]
     assert payload["status"] == "done"
     steps = {s["id"]: s for s in payload["steps"]}
@@ -70,3 +75,19 @@ def test_hydra_1_11_10_to_2_3_0_under_traffic_loses_no_revocation() -> None:
         ["hydra_oauth2_refresh", "bad-orphan-refresh", "hydra_oauth2_refresh_client_id_fk"],
     ]
     assert "pw-" not in output
+
+    facts = {s["id"]: s["facts"] for s in payload["steps"]}
+    cleaned = {c["constraint"]: c["rows"] for c in facts["migrate"]["cleanup"] if c["policy"] == "quarantine"}
+    assert sum(cleaned.values()) == facts["migrate"]["quarantined"] == len(outcome["quarantined"])
+    with opened(page) as seen:
+        assert seen.console_errors == [] and seen.requests == []
+        assert seen.metric("status") == "done"
+        assert seen.number("pause_ms") == facts["cutover"]["pause_ms"]
+        assert seen.number("rows_copied") == facts["snapshot"]["rows"] >= 2 * SCALE
+        assert seen.number("events_replayed") == facts["catch-up"]["events"] > 0
+        assert seen.number("quarantined_rows") == facts["migrate"]["quarantined"] == 5
+        assert seen.number("client_failed") == 0
+        table = seen.page.locator("#quarantine").inner_text()
+        assert all(constraint in table for constraint in cleaned)
+        for fid in ("timeline", "cutover", "client", "capture"):
+            assert seen.page.locator(f"#fig-{fid} .main-svg").count() > 0, fid

@@ -46,6 +46,8 @@ def _checks(report: dict[str, Any], step: str) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("method", ["copy", "dump"])
 def test_snapshot_copies_every_type_and_verifies_checksums(dbs: Databases, tmp_path: Path, method: str) -> None:
+    # a type made and dropped first: blue's user types get other OIDs than green's, as on any real pair
+    _load(dbs.blue_dsn, "CREATE TYPE oid_shift AS ENUM ('x'); DROP TYPE oid_shift;")
     _load(dbs.blue_dsn, RICH_SCHEMA)
     result, report = _run(dbs, tmp_path, f"  - {{id: snap, kind: snapshot, method: {method}, jobs: 2}}\n")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -85,8 +87,11 @@ def test_snapshot_copies_every_type_and_verifies_checksums(dbs: Databases, tmp_p
     assert set(state["tables"]) >= {"public.kinds", "public.readings", "public.readings_1", "app.settings"}
     assert len(set(state["tables"].values())) == 1 and state["snapshot"] in state["tables"].values()
     assert state["snapshot"].count(":") == 2
-    # aclitem has no binary send/receive: that table is copied as text, the others binary
+    # aclitem has no binary send/receive: that table is copied as text, the others binary; an enum[] and a
+    # composite too, though their binary forms name blue's type OIDs, not green's: PostgreSQL 18's receiving
+    # functions do not check them (this test shifts the OIDs on purpose)
     assert not catalog.table("app.settings").binary and catalog.table("public.kinds").binary
+    assert scalar(dbs.blue_dsn, "SELECT 'mood'::regtype::oid") != scalar(dbs.green_dsn, "SELECT 'mood'::regtype::oid")
     assert scalar(dbs.green_dsn, "SELECT grants::text FROM app.settings WHERE name = 'a'") == "{postgres=r/postgres}"
 
 

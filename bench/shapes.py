@@ -350,7 +350,7 @@ def fill_statements(rows: Rows) -> list[str]:
 _SESSION_SETUP = ("SET maintenance_work_mem = '256MB'", "SET statement_timeout = 0")
 
 
-def _run_parallel(dsn: str, statements: list[str], workers: int) -> None:
+def run_parallel(dsn: str, statements: list[str], workers: int) -> None:
     """Run ``statements`` on ``workers`` connections at once; raise the first error."""
     pending = list(statements)
     errors: list[BaseException] = []
@@ -382,12 +382,12 @@ def _run_parallel(dsn: str, statements: list[str], workers: int) -> None:
 def _build(dsn: str, rows: Rows, workers: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(SCHEMA.encode())
-    _run_parallel(dsn, fill_statements(rows), workers)
+    run_parallel(dsn, fill_statements(rows), workers)
     with psycopg.connect(dsn, autocommit=True) as conn:
         for statement in DROP_COLUMNS:
             conn.execute(statement.encode())
-    _run_parallel(dsn, PRIMARY_KEYS, workers)
-    _run_parallel(dsn, SECONDARY_INDEXES, workers)
+    run_parallel(dsn, PRIMARY_KEYS, workers)
+    run_parallel(dsn, SECONDARY_INDEXES, workers)
     with psycopg.connect(dsn, autocommit=True) as conn:
         for statement in FOREIGN_KEYS + SEQUENCES:
             conn.execute(statement.encode())

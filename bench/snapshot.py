@@ -39,13 +39,13 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from shapes import run_parallel  # bench/ is on sys.path: these are scripts run from it
 
 from orchestrator.actions import Action
 from orchestrator.copy.pgtools import find_tools, libpq_args, run_tool
@@ -130,8 +130,8 @@ def generate(dsn: str, size_gb: float, session_data: str = "text") -> None:
         f" 'n', g, 'tags', jsonb_build_array('a', g % 7, 'b'))"
         f" FROM generate_series({lo}, {min(lo + chunk - 1, audit)}) g"
         for lo in range(1, audit + 1, chunk)]
-    _run_parallel(dsn, statements, workers=3)
-    _run_parallel(dsn, [s for s in INDEXES.strip().splitlines() if s], workers=2)
+    run_parallel(dsn, statements, workers=3)
+    run_parallel(dsn, [s for s in INDEXES.strip().splitlines() if s], workers=2)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM (ANALYZE, FREEZE)")
 
@@ -195,32 +195,6 @@ def ours(blue: LocalCluster, green: LocalCluster, work: Path, jobs: int, analyze
     return elapsed, checks
 
 
-
-def _run_parallel(dsn: str, statements: list[str], workers: int) -> None:
-    """Run ``statements`` on ``workers`` connections at once; raise the first error."""
-    pending = list(statements)
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        try:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                while True:
-                    with lock:
-                        if not pending:
-                            return
-                        statement = pending.pop(0)
-                    conn.execute(statement.encode())
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
 
 def _mkdir(path: Path) -> Path:
     path.mkdir()

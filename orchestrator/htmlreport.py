@@ -497,10 +497,9 @@ class _Page:
             line("latency max (ms)", "latency_max_ms", how="max", yaxis="y2", line={"color": "#9333ea", "dash": "dot"}),
             line("failed", "failed", how="max", line={"color": "#dc2626"}),
         ) if x is not None]
-        self._figure("client", "Clients: pgbench through PgBouncer, per second", traces, {
-            "yaxis": {"title": {"text": "transactions/s"}, "rangemode": "tozero"},
-            "yaxis2": {"title": {"text": "ms"}, "overlaying": "y", "side": "right", "rangemode": "tozero"}},
-            note="from pgbench's per-transaction logs; a transaction counts in the second it completed")
+        self._figure("client", "Clients: pgbench through PgBouncer, per second", traces,
+                     _two_axes("transactions/s", "ms"),
+                     note="from pgbench's per-transaction logs; a transaction counts in the second it completed")
 
     def _copy_chart(self) -> None:
         traces = []
@@ -532,9 +531,7 @@ class _Page:
                                   [v / 1e6 for v in points.v], yaxis="y3")
                 if line is not None:
                     traces.append(line)
-        layout: dict[str, Any] = {
-            "yaxis": {"title": {"text": "events"}, "rangemode": "tozero"},
-            "yaxis2": {"title": {"text": "seconds"}, "overlaying": "y", "side": "right", "rangemode": "tozero"}}
+        layout = _two_axes("events", "seconds")
         if any(tr["yaxis"] == "y3" for tr in traces):
             layout["yaxis3"] = {"title": {"text": "MB"}, "overlaying": "y", "side": "right", "anchor": "free",
                                 "position": 0.97, "rangemode": "tozero"}
@@ -573,10 +570,9 @@ class _Page:
                                     line={"color": "#dc2626", "dash": "dot"})):
                 if line is not None:
                     traces.append(line)
-        self._figure("activity", "Cluster activity (pg_stat_database of the plan's database)", traces, {
-            "yaxis": {"title": {"text": "transactions/s"}, "rangemode": "tozero"},
-            "yaxis2": {"title": {"text": "rows/s, MB/s"}, "overlaying": "y", "side": "right", "rangemode": "tozero"}},
-            note="database-wide: client traffic and bluegreen's own work together, as in the table below")
+        self._figure("activity", "Cluster activity (pg_stat_database of the plan's database)", traces,
+                     _two_axes("transactions/s", "rows/s, MB/s"),
+                     note="database-wide: client traffic and bluegreen's own work together, as in the table below")
 
     def _locks_chart(self) -> None:
         traces = []
@@ -603,6 +599,12 @@ class _Page:
         self._figure("progress", "Step progress (TTL, cleanup, checks...)", traces, {
             "yaxis": {"title": {"text": "done"}, "rangemode": "tozero"}},
             note="what the steps reported as they went (rows extended, batches cleaned, passes)")
+
+
+def _two_axes(left: str, right: str) -> dict[str, Any]:
+    """A plotly layout with a y axis on each side, both from zero: ``left`` for ``y`` traces, ``right`` for ``y2``."""
+    return {"yaxis": {"title": {"text": left}, "rangemode": "tozero"},
+            "yaxis2": {"title": {"text": right}, "overlaying": "y", "side": "right", "rangemode": "tozero"}}
 
 
 def render(data: RunData) -> str:

@@ -12,9 +12,10 @@ hook of the crash tests.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,14 +326,20 @@ class _Execution:
             self._phases[key] = phase
             self.sampler.mark("phase", step.id, phase)
 
-    def run(self) -> RunReport:
+    @contextlib.contextmanager
+    def _sampling(self) -> Iterator[None]:
+        """The sampler runs while the block does, and stops (writing what is left) on every ending."""
         if self.sampler is not None:
             self.sampler.start()
         try:
-            return self._run()
+            yield
         finally:
             if self.sampler is not None:
                 self.sampler.stop()
+
+    def run(self) -> RunReport:
+        with self._sampling():
+            return self._run()
 
     def _run(self) -> RunReport:
         self.reporter.run_started(self.runner.plan.name, self.run_id, "run", self.report.resumed)
@@ -505,13 +512,8 @@ class _Execution:
             exc.rolled_back = True
 
     def rollback_only(self) -> RunReport:
-        if self.sampler is not None:
-            self.sampler.start()
-        try:
+        with self._sampling():
             return self._rollback_only()
-        finally:
-            if self.sampler is not None:
-                self.sampler.stop()
 
     def _rollback_only(self) -> RunReport:
         self.reporter.run_started(self.runner.plan.name, self.run_id, "rollback", True)

@@ -6,11 +6,13 @@ elsewhere can leave everything else untouched.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from pglast import parser
 
 BOM = "\ufeff"
+_COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +77,13 @@ def split_statements(text: str, source: str = "<sql>") -> list[Statement]:
         elif msg.startswith("memory exhausted"):
             msg += " (nested too deeply for the Postgres parser)"
         raise SqlSyntaxError(source, line, column, msg) from None
+    # a statement ends at its last token: the grammar's slice of the last one runs to the end of the text, over
+    # any comment after it, and a ``;`` put after a ``-- comment`` would be commented out
+    ends = [token.end + 1 for token in parser.scan(parsed) if token.name not in _COMMENTS]
     statements: list[Statement] = []
     for piece in slices:
+        last = bisect.bisect_right(ends, piece.stop) - 1
+        stop = ends[last] if last >= 0 and ends[last] > piece.start else piece.stop
         line, column = position(text, piece.start)
-        statements.append(Statement(text[piece], line, column, piece.start))
+        statements.append(Statement(text[piece.start:stop], line, column, piece.start))
     return statements

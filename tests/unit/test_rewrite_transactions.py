@@ -224,6 +224,11 @@ def test_a_file_with_no_statement_is_written_as_it_is() -> None:
     assert plan("-- nothing to do\n").render(timedelta(seconds=2)) == "-- nothing to do\n"
 
 
+def test_a_last_statement_followed_by_a_comment_gets_its_semicolon_before_the_comment() -> None:
+    # found by the fuzz test: the ``;`` went after ``-- only a comment`` and was commented out
+    written = plan("SELECT 'a\nSELECT 'b\n-- only a comment\n").render(timedelta(seconds=2))
+    assert written.endswith("SELECT 'a\nSELECT 'b;\n-- only a comment\n")
+
 def test_the_lock_timeout_is_written_first() -> None:
     assert plan("SELECT 1;").render(timedelta(milliseconds=1500)).startswith("SET lock_timeout = '1500ms';\n")
     assert plan("SELECT 1;").render(timedelta(minutes=1)).startswith("SET lock_timeout = '60s';\n")

@@ -114,3 +114,8 @@ def test_error_at_end_of_input_points_at_the_end() -> None:
 )
 def test_position(offset: int, expected: tuple[int, int]) -> None:
     assert position("abc\nde\nf", offset) == expected
+
+
+@pytest.mark.parametrize("text", ["SELECT 1 -- trailing\n", "SELECT 1 /* c */ -- d\n", "SELECT 1 -- c\n;\n"])
+def test_a_statement_ends_at_its_last_token_not_at_a_comment_after_it(text: str) -> None:
+    assert [s.text for s in split_statements(text)] == ["SELECT 1"]

@@ -129,8 +129,11 @@ def test_replay_killed_halfway_resumes_without_applying_twice(dbs: Databases, tm
         wait_for(lambda: _step_done(dbs.blue_dsn, "snap"), timeout=120, what="the snapshot")
         at_snapshot = writer.commits
         wait_for(lambda: writer.commits > at_snapshot + 600, timeout=60, what="writes after the snapshot")
-        wait_for(lambda: _applied(dbs.green_dsn) >= 50 and _parked(dbs.green_dsn), timeout=60,
-                 what="the replay to apply a few batches and park on the gate")
+        wait_for(lambda: proc.poll() is not None or (_applied(dbs.green_dsn) >= 50 and _parked(dbs.green_dsn)),
+                 timeout=60, what="the replay to apply a few batches and park on the gate")
+        if proc.poll() is not None:  # the run ended before it parked: say how
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before the replay parked: "
+                                 + proc.communicate()[1][-3000:])
         os.kill(proc.pid, signal.SIGKILL)  # inside a replay batch: it never commits
         proc.communicate(timeout=30)
     finally:

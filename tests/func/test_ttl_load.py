@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import psycopg
@@ -57,7 +58,7 @@ def test_extend_a_million_rows_under_load_then_restore_exactly_the_untouched(
     env = cli_env(dbs)
 
     rounds: list[PgbenchResult] = []
-    our_lock_waits = 0
+    our_lock_waits: Counter[str] = Counter()  # wait_event of each sample of ours waiting on a lock
     clients_blocked_by_us = 0
     started = time.monotonic()
     proc = spawn(["run", str(plan)], env)
@@ -70,14 +71,14 @@ def test_extend_a_million_rows_under_load_then_restore_exactly_the_untouched(
                 bench.start()
                 while bench.is_running():
                     row = watch.execute(
-                        "SELECT count(*) FILTER (WHERE application_name LIKE 'bluegreen extend_ttl%'"
+                        "SELECT array_agg(wait_event) FILTER (WHERE application_name LIKE 'bluegreen extend_ttl%'"
                         " AND wait_event_type = 'Lock'),"
                         " count(*) FILTER (WHERE application_name = 'pgbench' AND EXISTS (SELECT FROM"
                         " pg_stat_activity e WHERE e.pid = ANY (pg_blocking_pids(a.pid))"
                         " AND e.application_name LIKE 'bluegreen extend_ttl%'))"
                         " FROM pg_stat_activity a WHERE datname = current_database()").fetchone()
                     assert row is not None
-                    our_lock_waits += int(row[0])
+                    our_lock_waits.update(row[0] or ())
                     clients_blocked_by_us += int(row[1])
                     time.sleep(0.05)
                 rounds.append(bench.wait(60))
@@ -96,8 +97,11 @@ def test_extend_a_million_rows_under_load_then_restore_exactly_the_untouched(
     print(f"pgbench: {len(rounds)} rounds, {transactions} transactions, 0 failed, max latency"
           f" {max((r.latency_max_ms or 0) for r in rounds):.0f} ms; samples with a client waiting on"
           f" the extension: {clients_blocked_by_us}")
-    # the extension never waited on a lock: it skips locked rows
-    assert our_lock_waits == 0
+    # the extension never waited on a row, a transaction or the table: it skips locked rows. A wait on
+    # the relation extension lock ("extend": two backends adding a page at once, held for microseconds)
+    # is not a wait on the application and can be sampled when the clients' updates fill pages too.
+    print(f"extension samples waiting on a lock, by wait_event: {dict(our_lock_waits)}")
+    assert not {event: n for event, n in our_lock_waits.items() if event != "extend"}, our_lock_waits
 
     result = scalar(dbs.blue_dsn, "SELECT value FROM bluegreen.run_state WHERE key = 'extend.result'")
     with psycopg.connect(dbs.blue_dsn, autocommit=True) as conn:

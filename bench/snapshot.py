@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from shapes import run_parallel  # bench/ is on sys.path: these are scripts run from it
+import shapes  # bench/ is on sys.path: these are scripts run from it
 
 from orchestrator.actions import Action
 from orchestrator.copy.pgtools import find_tools, libpq_args, run_tool
@@ -56,6 +56,7 @@ from orchestrator.reporter import Reporter
 from orchestrator.steps import StepContext, build_step
 
 PASSWORD = "pw-bench-snapshot"
+SOURCE = "source"  # the database on blue
 SETTINGS = {"shared_buffers": "'256MB'", "maintenance_work_mem": "'256MB'", "max_wal_size": "'8GB'",
             "checkpoint_timeout": "'30min'", "max_parallel_maintenance_workers": "1", "work_mem": "'16MB'",
             # autovacuum analyzes (and vacuums) the million-row tables one side has just loaded while the other
@@ -130,8 +131,8 @@ def generate(dsn: str, size_gb: float, session_data: str = "text") -> None:
         f" 'n', g, 'tags', jsonb_build_array('a', g % 7, 'b'))"
         f" FROM generate_series({lo}, {min(lo + chunk - 1, audit)}) g"
         for lo in range(1, audit + 1, chunk)]
-    run_parallel(dsn, statements, workers=3)
-    run_parallel(dsn, [s for s in INDEXES.strip().splitlines() if s], workers=2)
+    shapes.run_parallel(dsn, statements, workers=3)
+    shapes.run_parallel(dsn, [s for s in INDEXES.strip().splitlines() if s], workers=2)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM (ANALYZE, FREEZE)")
 
@@ -147,7 +148,7 @@ def settle(blue: LocalCluster, green: LocalCluster) -> None:
 def baseline(blue: LocalCluster, green: LocalCluster, work: Path, jobs: int) -> float:
     settle(blue, green)
     tools = find_tools(None, max(blue.bins.major, green.bins.major))
-    src, src_env = libpq_args(blue.dsn("hydra"))
+    src, src_env = libpq_args(blue.dsn(SOURCE))
     dst, dst_env = libpq_args(green.dsn("baseline"))
     folder = work / "dump"
     started = time.monotonic()
@@ -166,16 +167,18 @@ class _Notes(Reporter):
         print(f"  {message}", flush=True)
 
 
-def ours(blue: LocalCluster, green: LocalCluster, work: Path, jobs: int, analyze: bool) -> tuple[float, list[Any]]:
+def ours(blue: LocalCluster, green: LocalCluster, work: Path, jobs: int,
+         analyze: bool) -> tuple[float, list[Any], dict[str, float]]:
+    """One ``method: copy`` snapshot into green's ``ours``: seconds, the verify checks, the engine's phases."""
     settle(blue, green)
     plan = work / "plan.yaml"
     plan.write_text("version: 1\nname: bench-snapshot\nclusters:\n"
-                    f'  blue: {{dsn: "{blue.dsn("hydra")}"}}\n  green: {{dsn: "{green.dsn("ours")}"}}\n'
+                    f'  blue: {{dsn: "{blue.dsn(SOURCE)}"}}\n  green: {{dsn: "{green.dsn("ours")}"}}\n'
                     f"steps:\n  - {{id: snap, kind: snapshot, method: copy, jobs: {jobs},"
                     f" analyze: {'true' if analyze else 'false'}}}\n", encoding="utf-8")
     loaded = load_plan(plan, {})
     step = build_step(loaded.plan.steps[0], loaded)
-    dsns = {"blue": blue.dsn("hydra"), "green": green.dsn("ours")}
+    dsns = {"blue": blue.dsn(SOURCE), "green": green.dsn("ours")}
     executor = LiveExecutor(dsns)
     state: dict[str, Any] = {}
     from orchestrator.db import readonly
@@ -192,7 +195,9 @@ def ours(blue: LocalCluster, green: LocalCluster, work: Path, jobs: int, analyze
     elapsed = time.monotonic() - started
     executor.close()
     checks = list(step.verify(ctx))
-    return elapsed, checks
+    phases: dict[str, float] = dict(state["snapshot:snap"]["copied"]["phases"])
+    print("snapshot: ours " + ", ".join(f"{name} {sec:.1f} s" for name, sec in phases.items()), flush=True)
+    return elapsed, checks, phases
 
 
 
@@ -203,7 +208,12 @@ def _mkdir(path: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=float, default=1.5, help="GB of data (tables and indexes) on blue")
+    parser.add_argument("--size", type=float, default=None,
+                        help="GB of data (tables and indexes) on blue (default 1.5, or 0.7 with --shapes)")
+    parser.add_argument("--shapes", action="store_true",
+                        help="bench/shapes.py's database (quoted names, partitions, enum arrays, composite and"
+                             " domain types, generated and dropped columns, a wide table, a 3M-row narrow table with"
+                             " four indexes, an unlogged table) instead of the Hydra-shaped token store")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--analyze", action="store_true", help="let the step ANALYZE (pg_restore does not)")
     parser.add_argument("--repeat", type=int, default=4, help="alternate baseline and ours N times; medians")
@@ -218,22 +228,26 @@ def main() -> int:
     try:
         blue.start()
         green.start()
-        blue.create_database("hydra")
+        blue.create_database(SOURCE)
         green.create_database("baseline")
         green.create_database("ours")
         started = time.monotonic()
-        generate(blue.dsn("hydra"), args.size, args.session_data)
-        with blue.connect("hydra") as conn:
+        if args.shapes:
+            shapes.generate(blue.dsn(SOURCE), args.size or 0.7)
+        else:
+            generate(blue.dsn(SOURCE), args.size or 1.5, args.session_data)
+        with blue.connect(SOURCE) as conn:
             size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]  # type: ignore[index]
         mb = size / 1e6
-        print(f"snapshot: generated {mb:,.0f} MB on blue (PostgreSQL 15; session data: {args.session_data})"
+        kind = "shapes" if args.shapes else f"session data: {args.session_data}"
+        print(f"snapshot: generated {mb:,.0f} MB on blue (PostgreSQL 15; {kind})"
               f" in {time.monotonic() - started:.0f} s",
               flush=True)
         base_runs: list[float] = []
         ours_runs: list[float] = []
         failed: list[Any] = []
         checks: list[Any] = []
-        warm, _ = ours(blue, green, _mkdir(base_dir / "warmup"), args.jobs, args.analyze)
+        warm, _, _ = ours(blue, green, _mkdir(base_dir / "warmup"), args.jobs, args.analyze)
         green.drop_database("ours")
         green.create_database("ours")
         print(f"snapshot: warm-up copy {warm:.1f} s (untimed: writes green's first WAL files)", flush=True)
@@ -252,7 +266,7 @@ def main() -> int:
                     base_runs.append(baseline(blue, green, work, args.jobs))
                     shutil.rmtree(work / "dump", ignore_errors=True)
                 else:
-                    elapsed, checks = ours(blue, green, work, args.jobs, args.analyze)
+                    elapsed, checks, _ = ours(blue, green, work, args.jobs, args.analyze)
                     ours_runs.append(elapsed)
                     failed += [c for c in checks if not c.ok]
             print(f"snapshot: pair {n + 1} ({first} first): copy {ours_runs[-1]:.1f} s, dump+restore"

@@ -4,7 +4,8 @@
 target (read-only, after the step); the JSON report (``steps[].facts``) and the HTML page show the same
 dict. A fact that cannot be read is left out (and logged): the report never fails a run.
 
-    snapshot      {"method", "rows", "bytes", "tables": [{"table", "rows", "bytes", "seconds"}]}
+    snapshot      {"method", "rows", "bytes", "tables": [{"table", "rows", "bytes", "seconds"}], "seconds",
+                   "phases_s": {phase: seconds} (schema, data with the indexes built meanwhile, ...)}
     replay        {"events", "quarantined_events", "captures": {id: {"applied", "rounds", "lag_events", ...}}}
     cutover       {"pause_ms", "budget_ms", "phases_ms": {phase: ms}, "attempts", "replayed": {capture: n},
                    "reverse_replayed" (after a rollback)}
@@ -57,6 +58,10 @@ def _snapshot(step: Step[Any], ctx: StepContext) -> dict[str, Any]:
                "seconds": round(float(r[3] or 0.0), 3)} for r in rows if r[4]]
     if tables:
         out.update(tables=tables, rows=sum(t["rows"] for t in tables), bytes=sum(t["bytes"] for t in tables))
+    copied = (ctx.get(f"snapshot:{step.id}") or {}).get("copied") or {}
+    if copied.get("phases"):
+        out["seconds"] = copied.get("seconds")
+        out["phases_s"] = {str(name): seconds for name, seconds in copied["phases"].items()}
     return out
 
 

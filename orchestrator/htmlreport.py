@@ -274,6 +274,12 @@ class _Page:
                             "mb_s": (t.get("bytes", 0) / 1e6 / seconds) if seconds else None})
         return out
 
+    def copy_phases(self) -> list[dict[str, Any]]:
+        """Each snapshot step's time by phase (``phases_s``), in the order the engine ran them."""
+        return [{"step": s["id"], "seconds": (s.get("facts") or {}).get("seconds"),
+                 "phases": list(((s.get("facts") or {}).get("phases_s") or {}).items())}
+                for s in self.by_kind.get("snapshot", []) if (s.get("facts") or {}).get("phases_s")]
+
     def cleanup_rows(self) -> list[dict[str, Any]]:
         return [{**c, "step": s["id"]} for kind in ("migrate", "cleanup") for s in self.by_kind.get(kind, [])
                 for c in (s.get("facts") or {}).get("cleanup") or []]

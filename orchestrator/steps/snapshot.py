@@ -203,7 +203,10 @@ class SnapshotStep(Step[SnapshotSpec]):
                     description="sequences at their value as of the snapshot"))
         if spec.analyze:
             actions.append(SqlAction(id=f"analyze:{self.id}", target=spec.to, transactional=False,
-                                     statements=(sql.SQL("ANALYZE"),)))
+                                     statements=(sql.SQL("ANALYZE"),),
+                                     description="every copied table, each by an idle worker as soon as its rows and"
+                                                 " indexes are in, then partitioned parents (ONLY, from PostgreSQL 17)"
+                                                 f" and materialized views, {spec.jobs} at a time"))
         return actions
 
     def _catalog_for_plan(self, ctx: StepContext) -> Catalog | None:

@@ -23,12 +23,18 @@ sides). Autovacuum is off. Then ``--repeat`` pairs (default 4) of a baseline and
 order (whichever runs second in a pair was ~1 s slower, on either side), each pair's ratio printed; the
 verdict is on the ratio of the medians.
 
+``--shapes`` generates bench/shapes.py's database instead (default 0.7 GB: a quoted schema, enum
+arrays, composite and domain types, a generated column, dropped columns, a partitioned table with a
+default leaf, a 64-column table, an unlogged table and a 3,010,000-row narrow table with four
+indexes), the kinds on which the copy was once slower than dump+restore. Each of our runs prints the
+engine's time by phase.
+
 Ours is then verified (row counts and checksums against blue, untimed). Prints:
 
     snapshot: copy X s, dump+restore Y s, ratio X/Y (target <= 0.5)
     snapshot: ours X MB/s, baseline Y MB/s (of N MB on blue)
 
-Run: .venv/bin/python bench/snapshot.py [--size 1.5] [--jobs 2] [--analyze] [--repeat 4]
+Run: .venv/bin/python bench/snapshot.py [--shapes] [--size GB] [--jobs 2] [--analyze] [--repeat 4]
 """
 
 from __future__ import annotations
